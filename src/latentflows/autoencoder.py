@@ -1,0 +1,94 @@
+"""DCGAN-style convolutional autoencoder: images (3, S, S) in [-1, 1] <-> embeddings.
+
+The default is the seed notebook's network: five stride-2 conv blocks (batch norm,
+LeakyReLU 0.2) with widths w, 2w, 4w, 8w, 8w; a fully connected bottleneck with dropout;
+a mirrored transposed-conv decoder with ReLU and a tanh output; N(0, 0.02) weight init.
+``width`` scales every conv layer (compute grows with its square).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .registry import Configurable, register
+
+
+def to_signed_unit(images: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images.float().mul_(2 / 255).sub_(1)
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """float [-1, 1] -> uint8 [0, 255], clamped and rounded."""
+    return ((images.detach().clamp(-1, 1) + 1) * 127.5).round_().to(torch.uint8)
+
+
+def _down(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True)]
+
+
+def _up(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+@register
+class ConvAutoencoder(nn.Module, Configurable):
+    def __init__(self, embedding_dim: int = 256, width: int = 64, image_size: int = 64,
+                 fc_dim: int = 1024, dropout: float = 0.2):
+        super().__init__()
+        if image_size % 32 or image_size < 32:
+            raise ValueError(f"image_size must be a multiple of 32 (five stride-2 blocks), got {image_size}")
+        if embedding_dim < 2 or width < 1:
+            raise ValueError("embedding_dim must be at least 2 and width at least 1")
+        self.embedding_dim, self.width, self.image_size = embedding_dim, width, image_size
+        self.fc_dim, self.dropout = fc_dim, dropout
+        channels = [width, 2 * width, 4 * width, 8 * width, 8 * width]
+        self.bottom = (channels[-1], image_size // 32, image_size // 32)
+        flat = channels[-1] * (image_size // 32) ** 2
+
+        down = _down(3, channels[0])
+        for c_in, c_out in zip(channels, channels[1:]):
+            down += _down(c_in, c_out)
+        self.encoder = nn.Sequential(*down)
+        self.fc_encode = nn.Sequential(
+            nn.Linear(flat, fc_dim), nn.BatchNorm1d(fc_dim), nn.LeakyReLU(0.2, inplace=True),
+            nn.Dropout(dropout), nn.Linear(fc_dim, embedding_dim))
+        self.fc_decode = nn.Sequential(
+            nn.Linear(embedding_dim, fc_dim), nn.BatchNorm1d(fc_dim), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(fc_dim, flat), nn.BatchNorm1d(flat), nn.ReLU(inplace=True))
+        up: list[nn.Module] = []
+        reversed_channels = channels[::-1]
+        for c_in, c_out in zip(reversed_channels, reversed_channels[1:]):
+            up += _up(c_in, c_out)
+        up += [nn.ConvTranspose2d(channels[0], 3, 4, 2, 1), nn.Tanh()]
+        self.decoder = nn.Sequential(*up)
+        self.apply(_init_weights)
+        # channels_last runs the convolutions about 15% faster on CPU (see bench/).
+        self.to(memory_format=torch.channels_last)
+
+    def encode(self, x: Tensor) -> Tensor:
+        features = self.encoder(x.contiguous(memory_format=torch.channels_last))
+        return self.fc_encode(features.flatten(1))
+
+    def decode(self, embedding: Tensor) -> Tensor:
+        features = self.fc_decode(embedding).view(-1, *self.bottom)
+        return self.decoder(features.contiguous(memory_format=torch.channels_last))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        embedding = self.encode(x)
+        return self.decode(embedding), embedding
+
+    def get_config(self):
+        return {"embedding_dim": self.embedding_dim, "width": self.width, "image_size": self.image_size,
+                "fc_dim": self.fc_dim, "dropout": self.dropout}
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,93 @@
+"""Invertible batch normalization (Dinh et al., RealNVP, section 3.7).
+
+Training mode normalizes with the batch's statistics and updates running averages
+(without gradient); eval mode uses the running averages. The inverse is defined in
+both modes: in training mode it uses the statistics of the last forward batch, so
+``inverse(forward(x))`` returns ``x`` exactly, and falls back to the running averages
+before any forward pass.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..registry import register
+from .base import Transform, check_features
+
+
+@register
+class InvertibleBatchNorm(Transform):
+    def __init__(self, features: int, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        self.features = features
+        self.momentum = momentum
+        self.eps = eps
+        self.log_gamma = nn.Parameter(torch.zeros(features))
+        self.beta = nn.Parameter(torch.zeros(features))
+        self.register_buffer("running_mean", torch.zeros(features))
+        self.register_buffer("running_var", torch.ones(features))
+        self.hold_statistics = False
+        self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _statistics(self, x: torch.Tensor | None):
+        if not self.training:
+            return self.running_mean, self.running_var
+        if x is None or self.hold_statistics:
+            if self._last_batch is not None:
+                return self._last_batch
+            if self.hold_statistics:
+                raise RuntimeError("hold_statistics is set but no forward pass has computed batch statistics yet")
+            return self.running_mean, self.running_var
+        if x.shape[0] < 2:
+            raise ValueError(
+                "InvertibleBatchNorm needs at least 2 samples per batch in training mode; "
+                "call .eval() to use the running statistics"
+            )
+        mean = x.mean(0)
+        var = x.var(0, unbiased=False)
+        with torch.no_grad():  # running averages are bookkeeping, not part of the graph
+            unbiased = var * (x.shape[0] / (x.shape[0] - 1))
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(unbiased, self.momentum)
+        self._last_batch = (mean.detach(), var.detach())
+        return mean, var
+
+    def forward(self, x, context=None):
+        check_features(x, self.features, "InvertibleBatchNorm")
+        mean, var = self._statistics(x)
+        inv_std = torch.rsqrt(var + self.eps)
+        z = (x - mean) * inv_std * self.log_gamma.exp() + self.beta
+        logabsdet = (self.log_gamma + inv_std.log()).sum().expand(x.shape[0])
+        return z, logabsdet
+
+    def inverse(self, z, context=None):
+        check_features(z, self.features, "InvertibleBatchNorm")
+        mean, var = self._statistics(None)
+        std = torch.sqrt(var + self.eps)
+        x = (z - self.beta) * torch.exp(-self.log_gamma) * std + mean
+        logabsdet = (std.log() - self.log_gamma).sum().expand(z.shape[0])
+        return x, logabsdet
+
+    def get_config(self):
+        return {"features": self.features, "momentum": self.momentum, "eps": self.eps}
+
+
+@contextmanager
+def held_batch_statistics(module: nn.Module):
+    """Inside the block, training-mode batch norms reuse their last batch statistics.
+
+    This makes a training-mode flow a fixed function of each sample, which is what a
+    per-sample Jacobian (and so a log-determinant check) needs.
+    """
+    layers = [m for m in module.modules() if isinstance(m, InvertibleBatchNorm)]
+    previous = [layer.hold_statistics for layer in layers]
+    for layer in layers:
+        layer.hold_statistics = True
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, previous):
+            layer.hold_statistics = value

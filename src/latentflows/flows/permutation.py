@@ -1,0 +1,34 @@
+"""A fixed random permutation of the features: mixes which half a coupling transforms."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..registry import register
+from .base import Transform, check_features
+
+
+@register
+class RandomPermutation(Transform):
+    """Volume-preserving (logabsdet 0); the permutation is a buffer, saved with the weights."""
+
+    def __init__(self, features: int, seed: int = 0):
+        super().__init__()
+        self.features = features
+        self.seed = seed
+        generator = torch.Generator().manual_seed(seed)
+        permutation = torch.randperm(features, generator=generator)
+        self.register_buffer("permutation", permutation)
+        self.register_buffer("inverse_permutation", torch.argsort(permutation))
+
+    def forward(self, x, context=None):
+        check_features(x, self.features, "RandomPermutation")
+        return x[:, self.permutation], x.new_zeros(x.shape[0])
+
+    def inverse(self, z, context=None):
+        check_features(z, self.features, "RandomPermutation")
+        return z[:, self.inverse_permutation], z.new_zeros(z.shape[0])
+
+    def get_config(self):
+        return {"features": self.features, "seed": self.seed}

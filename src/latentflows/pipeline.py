@@ -1,0 +1,234 @@
+"""The latent flow pipeline: autoencoder -> standardized embeddings -> conditional flow.
+
+``train`` runs the three stages and writes a run folder; ``LatentFlowPipeline`` holds the
+trained parts, generates class-conditional images ranked by log-density, and saves and
+loads itself as JSON config + safetensors (nothing is ever unpickled).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ._version import __version__
+from .autoencoder import ConvAutoencoder, to_signed_unit, to_uint8
+from .config import TrainConfig
+from .data import ImageDataset
+from .errors import LatentflowsError, ModelFileError, RunExistsError
+from .flows import ConditionalRealNVP
+from .registry import deserialize, serialize
+from .storage import load_safetensors, read_json, save_safetensors, write_json
+from .training import Batches, JsonlLogger, Trainer
+
+RUN_FORMAT = "latentflows-run"
+WEIGHTS_FORMAT = "latentflows-weights"
+CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE = "config.json", "model.safetensors", "metrics.jsonl"
+
+
+@dataclass
+class Samples:
+    images: Tensor  # uint8 (n, 3, S, S), highest log-density first
+    log_prob: Tensor  # nats, of the standardized embedding under the flow
+    label: str
+
+
+class LatentFlowPipeline(nn.Module):
+    def __init__(self, autoencoder: ConvAutoencoder, flow: ConditionalRealNVP, embedding_mean: Tensor,
+                 embedding_std: Tensor, class_names: list[str], train_config: dict | None = None):
+        super().__init__()
+        self.autoencoder, self.flow = autoencoder, flow
+        self.register_buffer("embedding_mean", embedding_mean.detach().clone())
+        self.register_buffer("embedding_std", embedding_std.detach().clone())
+        self.class_names = list(class_names)
+        self.train_config = dict(train_config or {})
+
+    # ------------------------------------------------------------------ embeddings
+    @torch.no_grad()
+    def embed(self, images: Tensor, batch_size: int = 256) -> Tensor:
+        """uint8 images -> standardized embeddings (what the flow models)."""
+        self.autoencoder.eval()
+        parts = [self.autoencoder.encode(to_signed_unit(images[i : i + batch_size]))
+                 for i in range(0, len(images), batch_size)]
+        return (torch.cat(parts) - self.embedding_mean) / self.embedding_std
+
+    @torch.no_grad()
+    def decode(self, standardized: Tensor, batch_size: int = 256) -> Tensor:
+        """Standardized embeddings -> uint8 images."""
+        self.autoencoder.eval()
+        embeddings = standardized * self.embedding_std + self.embedding_mean
+        parts = [to_uint8(self.autoencoder.decode(embeddings[i : i + batch_size]))
+                 for i in range(0, len(embeddings), batch_size)]
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> Tensor:
+        return self.decode(self.embed(images))
+
+    def one_hot(self, labels: Tensor) -> Tensor:
+        return nn.functional.one_hot(labels, len(self.class_names)).float()
+
+    # ------------------------------------------------------------------ generation
+    def class_index(self, label: str | int) -> int:
+        if isinstance(label, int) and 0 <= label < len(self.class_names):
+            return label
+        names = [n.lower() for n in self.class_names]
+        if isinstance(label, str) and label.lower() in names:
+            return names.index(label.lower())
+        raise LatentflowsError(f"unknown class {label!r}; this model knows: {', '.join(self.class_names)}")
+
+    @torch.no_grad()
+    def generate(self, label: str | int, n: int = 16, temperature: float = 1.0, seed: int = 0) -> Samples:
+        """``n`` images of class ``label``, sorted by the flow's log-density (highest first)."""
+        if n < 1:
+            raise LatentflowsError(f"the number of samples must be at least 1, got {n}")
+        if temperature <= 0:
+            raise LatentflowsError(f"temperature must be positive, got {temperature}")
+        index = self.class_index(label)
+        self.flow.eval()
+        context = self.one_hot(torch.tensor([index]))
+        generator = torch.Generator().manual_seed(seed)
+        standardized, log_prob = self.flow.sample_and_log_prob(n, context, temperature, generator)
+        order = torch.argsort(log_prob, descending=True)
+        return Samples(self.decode(standardized[order]), log_prob[order], self.class_names[index])
+
+    @torch.no_grad()
+    def log_prob(self, images: Tensor, labels: Tensor) -> Tensor:
+        """Log-density (nats) of the images' standardized embeddings given their labels."""
+        self.flow.eval()
+        return self.flow.log_prob(self.embed(images), self.one_hot(labels))
+
+    # ------------------------------------------------------------------ files
+    def save(self, run_dir: str | Path) -> None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_safetensors(run_dir / WEIGHTS_FILE, self.state_dict(), WEIGHTS_FORMAT)
+        write_json(run_dir / CONFIG_FILE, {
+            "format": RUN_FORMAT, "format_version": 1, "latentflows_version": __version__,
+            "autoencoder": serialize(self.autoencoder), "flow": serialize(self.flow),
+            "class_names": self.class_names, "train_config": self.train_config,
+        })
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "LatentFlowPipeline":
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise ModelFileError(f"{run_dir}: no such run folder")
+        config_path = run_dir / CONFIG_FILE
+        config = read_json(config_path)
+        if config.get("format") != RUN_FORMAT:
+            raise ModelFileError(f"{config_path}: not a latentflows run config (no format tag {RUN_FORMAT!r})")
+        if int(config.get("format_version", 0)) > 1:
+            raise ModelFileError(f"{config_path}: written by a newer latentflows; upgrade to load it")
+        try:
+            autoencoder = deserialize(config["autoencoder"])
+            flow = deserialize(config["flow"])
+            class_names = list(config["class_names"])
+        except LatentflowsError:
+            raise
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelFileError(f"{config_path}: incomplete or incompatible config ({error})") from None
+        dim = autoencoder.embedding_dim
+        pipeline = cls(autoencoder, flow, torch.zeros(dim), torch.ones(dim), class_names, config.get("train_config"))
+        tensors, _ = load_safetensors(run_dir / WEIGHTS_FILE, WEIGHTS_FORMAT)
+        expected = pipeline.state_dict()
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+        if missing or unexpected or wrong:
+            detail = "; ".join(f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                               for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
+            raise ModelFileError(f"{run_dir / WEIGHTS_FILE}: weights do not match {CONFIG_FILE} ({detail})")
+        pipeline.load_state_dict(tensors)
+        return pipeline.eval()
+
+
+def load(run_dir: str | Path) -> LatentFlowPipeline:
+    """Load a trained pipeline from a run folder (JSON + safetensors only)."""
+    return LatentFlowPipeline.load(run_dir)
+
+
+# ---------------------------------------------------------------------- training
+
+def autoencoder_loss(model: ConvAutoencoder, batch) -> dict[str, Tensor]:
+    images = to_signed_unit(batch[0])
+    reconstruction, _ = model(images)
+    return {"loss": nn.functional.mse_loss(reconstruction, images)}
+
+
+def flow_loss(model: ConditionalRealNVP, batch) -> dict[str, Tensor]:
+    embeddings, context = batch
+    nll = -model.log_prob(embeddings, context).mean()
+    return {"loss": nll, "nll_per_dim": nll.detach() / embeddings.shape[1]}
+
+
+def prepare_run_dir(run_dir: str | Path, overwrite: bool) -> Path:
+    """Create the run folder; refuse to touch a non-empty one unless ``overwrite``."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunExistsError(f"{run_dir} exists and is not a folder; choose another --out")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunExistsError(f"{run_dir} already exists and is not empty; choose another --out or pass --overwrite")
+        for name in (CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE):
+            (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "figures", ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def train(dataset: ImageDataset, config: TrainConfig, run_dir: str | Path | None = None, *,
+          overwrite: bool = False, progress: bool = True, figures: bool = True) -> LatentFlowPipeline:
+    """Train autoencoder then flow on ``dataset``; with ``run_dir``, write the run folder."""
+    config.validate()
+    if dataset.num_classes < 1:
+        raise LatentflowsError("the data has no classes")
+    if dataset.image_size != config.image_size:
+        raise LatentflowsError(f"images are {dataset.image_size}px but the config expects {config.image_size}px")
+    run_dir = prepare_run_dir(run_dir, overwrite) if run_dir is not None else None
+    callbacks = [JsonlLogger(run_dir / METRICS_FILE)] if run_dir else []
+    torch.manual_seed(config.seed)
+    train_set, val_set = dataset.split(config.val_fraction, config.seed)
+    started = time.perf_counter()
+
+    autoencoder = ConvAutoencoder(config.embedding_dim, config.width, config.image_size, config.fc_dim, config.dropout)
+    optimizer = torch.optim.Adam(autoencoder.parameters(), lr=config.ae_lr, weight_decay=config.ae_weight_decay)
+    Trainer(autoencoder, optimizer, autoencoder_loss, stage="autoencoder", callbacks=callbacks,
+            progress=progress, grad_clip=config.grad_clip).fit(
+        Batches([train_set.images], config.ae_batch_size, shuffle=True, seed=config.seed, drop_last=True),
+        config.ae_epochs, Batches([val_set.images], 256))
+
+    # Standardize with the training embeddings' statistics, as the flow expects ~unit scale.
+    pipeline = LatentFlowPipeline(autoencoder, None, torch.zeros(config.embedding_dim),
+                                  torch.ones(config.embedding_dim), dataset.class_names, config.as_dict())
+    raw_train = pipeline.embed(train_set.images)
+    pipeline.embedding_mean.copy_(raw_train.mean(0))
+    pipeline.embedding_std.copy_(raw_train.std(0) + 1e-8)
+    train_embeddings = (raw_train - pipeline.embedding_mean) / pipeline.embedding_std
+    val_embeddings = pipeline.embed(val_set.images)
+
+    flow = ConditionalRealNVP(config.embedding_dim, dataset.num_classes, config.couplings, config.hidden,
+                              config.batch_norm, config.permute, config.mask, config.shared_network,
+                              seed=config.seed)
+    pipeline.flow = flow
+    optimizer = torch.optim.Adam(flow.parameters(), lr=config.flow_lr, weight_decay=config.flow_weight_decay)
+    Trainer(flow, optimizer, flow_loss, stage="flow", callbacks=callbacks, progress=progress,
+            grad_clip=config.grad_clip).fit(
+        Batches([train_embeddings, pipeline.one_hot(train_set.labels)], config.flow_batch_size,
+                shuffle=True, seed=config.seed + 1, drop_last=True),
+        config.flow_epochs, Batches([val_embeddings, pipeline.one_hot(val_set.labels)], 1024))
+    pipeline.train_config["train_seconds"] = round(time.perf_counter() - started, 1)
+    pipeline.eval()
+
+    if run_dir is not None:
+        pipeline.save(run_dir)
+        if figures:
+            from .plots import write_run_figures
+
+            write_run_figures(pipeline, run_dir, val_set, seed=config.seed)
+    return pipeline

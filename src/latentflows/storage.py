@@ -1,0 +1,89 @@
+"""Safe files: atomic writes and safetensors with a format tag (never pickle)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import ModelFileError
+
+FORMAT_VERSION = 1
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w"):
+    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, mode) as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path, data) -> None:
+    with atomic_write(path) as stream:
+        json.dump(data, stream, indent=2)
+        stream.write("\n")
+
+
+def read_json(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFileError(f"{path}: not valid JSON ({error}); the file is damaged or not ours") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{path}: expected a JSON object")
+    return data
+
+
+def save_safetensors(path, tensors: dict[str, torch.Tensor], format_name: str, metadata: dict[str, str] | None = None) -> None:
+    """Save tensors with ``format`` and ``format_version`` tags in the header, atomically."""
+    header = {"format": format_name, "format_version": str(FORMAT_VERSION), **(metadata or {})}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:  # safetensors writes by path: write a temporary file, then rename it into place
+        save_file(tensors, temporary, metadata=header)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def load_safetensors(path, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header metadata; a missing, truncated or foreign file gives a ModelFileError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: file not found")
+    try:
+        with safe_open(str(path), framework="pt") as reader:
+            metadata = reader.metadata() or {}
+            if metadata.get("format") != expected_format:
+                raise ModelFileError(f"{path}: not a {expected_format} file (its header has no latentflows format tag)")
+            version = int(metadata.get("format_version", "0"))
+            if version > FORMAT_VERSION:
+                raise ModelFileError(f"{path}: written by a newer latentflows (format {version}); upgrade latentflows to read it")
+            tensors = {key: reader.get_tensor(key) for key in reader.keys()}
+    except ModelFileError:
+        raise
+    except Exception as error:
+        raise ModelFileError(f"{path}: unreadable safetensors file, truncated or not ours ({error})") from None
+    return tensors, metadata
