@@ -32,3 +32,30 @@ def jacobian_logabsdet(transform, x: Tensor, context: Tensor | None = None,
             jacobians.append(torch.autograd.functional.jacobian(single, x[i]))
     jacobian = torch.stack(jacobians)
     return jacobian, torch.linalg.slogdet(jacobian).logabsdet
+
+
+class StableSoftplus(torch.autograd.Function):
+    """softplus(x) = log(1 + e^x), computed without overflow and with its own backward.
+
+    The naive ``log(exp(x) + 1)`` gives inf at x = 100 and a NaN gradient; here the value is
+    ``max(x, 0) + log1p(exp(-|x|))`` and the gradient is ``sigmoid(x)``, exact everywhere.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp_min(0) + torch.log1p(torch.exp(-x.abs()))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return grad_output * torch.sigmoid(x)
+
+
+def stable_softplus(x: Tensor) -> Tensor:
+    return StableSoftplus.apply(x)
+
+
+def naive_softplus(x: Tensor) -> Tensor:
+    """The textbook formula, kept to show (and test) why ``stable_softplus`` exists."""
+    return torch.log(torch.exp(x) + 1.0)

@@ -221,7 +221,8 @@ def _load_folder(root: Path, size: int, progress: bool) -> ImageDataset:
                         "(e.g. {root}/cat/*.jpg, {root}/dog/*.jpg)")
     arrays, labels, skipped = [], [], []
     entries = [(f, label) for label, name in enumerate(classes)
-               for f in sorted((root / name).rglob("*")) if f.is_file() and not f.name.startswith(".")]
+               for f in sorted((root / name).rglob("*"))
+               if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")]
     for path, label in _progress(entries, progress, "decoding images"):
         try:
             arrays.append(decode_image(path, size))
@@ -230,7 +231,7 @@ def _load_folder(root: Path, size: int, progress: bool) -> ImageDataset:
             skipped.append(str(path.relative_to(root)))
     if not arrays:
         raise DataError(f"{root}: no readable images in {', '.join(classes)} "
-                        f"(supported: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+                        f"(files ending in {', '.join(sorted(IMAGE_EXTENSIONS))})")
     dataset = ImageDataset(_stack(arrays, size), torch.tensor(labels, dtype=torch.long), classes, str(root), skipped)
     return dataset
 

@@ -7,7 +7,7 @@ loads itself as JSON config + safetensors (nothing is ever unpickled).
 
 from __future__ import annotations
 
-import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,9 +22,11 @@ from .config import TrainConfig
 from .data import ImageDataset
 from .errors import LatentflowsError, ModelFileError, RunExistsError
 from .flows import ConditionalRealNVP
+from .layers import GaussianNoise
+from .losses import FlowNLL, Loss, MSELoss, parse_loss
 from .registry import deserialize, serialize
 from .storage import load_safetensors, read_json, save_safetensors, write_json
-from .training import Batches, JsonlLogger, Trainer
+from .training import Batches, EarlyStopping, JsonlLogger, Trainer, adam
 
 RUN_FORMAT = "latentflows-run"
 WEIGHTS_FORMAT = "latentflows-weights"
@@ -47,6 +49,7 @@ class LatentFlowPipeline(nn.Module):
         self.register_buffer("embedding_std", embedding_std.detach().clone())
         self.class_names = list(class_names)
         self.train_config = dict(train_config or {})
+        self.ae_loss: Loss = MSELoss()  # the reconstruction loss it was trained with
 
     # ------------------------------------------------------------------ embeddings
     @torch.no_grad()
@@ -111,6 +114,7 @@ class LatentFlowPipeline(nn.Module):
         write_json(run_dir / CONFIG_FILE, {
             "format": RUN_FORMAT, "format_version": 1, "latentflows_version": __version__,
             "autoencoder": serialize(self.autoencoder), "flow": serialize(self.flow),
+            "autoencoder_loss": serialize(self.ae_loss),
             "class_names": self.class_names, "train_config": self.train_config,
         })
 
@@ -145,6 +149,8 @@ class LatentFlowPipeline(nn.Module):
                                for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
             raise ModelFileError(f"{run_dir / WEIGHTS_FILE}: weights do not match {CONFIG_FILE} ({detail})")
         pipeline.load_state_dict(tensors)
+        if "autoencoder_loss" in config:
+            pipeline.ae_loss = deserialize(config["autoencoder_loss"])
         return pipeline.eval()
 
 
@@ -155,16 +161,37 @@ def load(run_dir: str | Path) -> LatentFlowPipeline:
 
 # ---------------------------------------------------------------------- training
 
-def autoencoder_loss(model: ConvAutoencoder, batch) -> dict[str, Tensor]:
-    images = to_signed_unit(batch[0])
-    reconstruction, _ = model(images)
-    return {"loss": nn.functional.mse_loss(reconstruction, images)}
+def reconstruction_objective(loss: Loss):
+    """The autoencoder stage's ``loss_fn``: reconstruct uint8 image batches under ``loss``."""
+
+    def loss_fn(model: ConvAutoencoder, batch) -> dict[str, Tensor]:
+        images = to_signed_unit(batch[0])
+        reconstruction, _ = model(images)
+        return {"loss": loss(images, reconstruction)}
+
+    return loss_fn
 
 
-def flow_loss(model: ConditionalRealNVP, batch) -> dict[str, Tensor]:
+autoencoder_loss = reconstruction_objective(MSELoss())
+
+
+class NoisyFlow(nn.Module):
+    """The flow stage's model: Gaussian noise on the embeddings (training only), then the flow."""
+
+    def __init__(self, flow: ConditionalRealNVP, noise_std: float = 0.0):
+        super().__init__()
+        self.noise, self.flow = GaussianNoise(noise_std), flow
+
+
+NATS = FlowNLL("nats")
+
+
+def flow_loss(model: ConditionalRealNVP | NoisyFlow, batch) -> dict[str, Tensor]:
     embeddings, context = batch
-    nll = -model.log_prob(embeddings, context).mean()
-    return {"loss": nll, "nll_per_dim": nll.detach() / embeddings.shape[1]}
+    if isinstance(model, NoisyFlow):
+        embeddings, model = model.noise(embeddings), model.flow
+    nll = NATS(model, embeddings, context)
+    return {"loss": nll, "bits_per_dim": nll.detach() / (embeddings.shape[1] * math.log(2))}
 
 
 def prepare_run_dir(run_dir: str | Path, overwrite: bool) -> Path:
@@ -197,9 +224,10 @@ def train(dataset: ImageDataset, config: TrainConfig, run_dir: str | Path | None
     started = time.perf_counter()
 
     autoencoder = ConvAutoencoder(config.embedding_dim, config.width, config.image_size, config.fc_dim, config.dropout)
-    optimizer = torch.optim.Adam(autoencoder.parameters(), lr=config.ae_lr, weight_decay=config.ae_weight_decay)
-    Trainer(autoencoder, optimizer, autoencoder_loss, stage="autoencoder", callbacks=callbacks,
-            progress=progress, grad_clip=config.grad_clip).fit(
+    optimizer = adam(autoencoder.parameters(), config.ae_lr, config.ae_weight_decay)
+    ae_loss = parse_loss(config.ae_loss)
+    Trainer(autoencoder, optimizer, reconstruction_objective(ae_loss), stage="autoencoder", callbacks=callbacks,
+            progress=progress, grad_clip=config.grad_clip, compile=config.compile).fit(
         Batches([train_set.images], config.ae_batch_size, shuffle=True, seed=config.seed, drop_last=True),
         config.ae_epochs, Batches([val_set.images], 256))
 
@@ -214,14 +242,18 @@ def train(dataset: ImageDataset, config: TrainConfig, run_dir: str | Path | None
 
     flow = ConditionalRealNVP(config.embedding_dim, dataset.num_classes, config.couplings, config.hidden,
                               config.batch_norm, config.permute, config.mask, config.shared_network,
-                              seed=config.seed)
+                              seed=config.seed, scale_fn=config.scale_fn)
     pipeline.flow = flow
-    optimizer = torch.optim.Adam(flow.parameters(), lr=config.flow_lr, weight_decay=config.flow_weight_decay)
-    Trainer(flow, optimizer, flow_loss, stage="flow", callbacks=callbacks, progress=progress,
-            grad_clip=config.grad_clip).fit(
+    pipeline.ae_loss = ae_loss
+    optimizer = adam(flow.parameters(), config.flow_lr, config.flow_weight_decay)
+    early = [EarlyStopping("loss", config.flow_patience)] if config.flow_patience else []
+    Trainer(NoisyFlow(flow, config.flow_noise), optimizer, flow_loss, stage="flow", callbacks=callbacks + early,
+            progress=progress, grad_clip=config.grad_clip, compile=config.compile).fit(
         Batches([train_embeddings, pipeline.one_hot(train_set.labels)], config.flow_batch_size,
                 shuffle=True, seed=config.seed + 1, drop_last=True),
         config.flow_epochs, Batches([val_embeddings, pipeline.one_hot(val_set.labels)], 1024))
+    if early:
+        pipeline.train_config["flow_best_epoch"] = early[0].best_epoch
     pipeline.train_config["train_seconds"] = round(time.perf_counter() - started, 1)
     pipeline.eval()
 

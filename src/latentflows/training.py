@@ -18,8 +18,22 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
+from torchmetrics import Metric
+
+from .layers import apply_constraints, pop_auxiliary_losses, regularization_loss
+from .metrics import MeanMetric
 
 LossFn = Callable[[nn.Module, tuple[Tensor, ...]], dict[str, Tensor]]
+
+
+def adam(parameters, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam with the fused kernel where available: one kernel for all parameters instead of a
+    Python loop over them (+15% flow steps per second at batch 32 on CPU, see bench/)."""
+    parameters = list(parameters)
+    try:
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):  # e.g. a device or dtype without a fused kernel
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
 
 
 class Batches:
@@ -74,6 +88,9 @@ class Callback:
     def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
         pass
 
+    def on_train_end(self, trainer: "Trainer") -> None:
+        pass
+
 
 class JsonlLogger(Callback):
     """Appends one JSON line per epoch (losses, seconds) to a file."""
@@ -86,39 +103,102 @@ class JsonlLogger(Callback):
             stream.write(json.dumps(record.as_dict()) + "\n")
 
 
+class EarlyStopping(Callback):
+    """Stop when the monitored validation value has not improved for ``patience`` epochs.
+
+    With ``restore_best`` the model ends with the weights (and buffers) of its best epoch.
+    """
+
+    def __init__(self, monitor: str = "loss", patience: int = 10, min_delta: float = 0.0, restore_best: bool = True):
+        self.monitor, self.patience, self.min_delta, self.restore_best = monitor, patience, min_delta, restore_best
+        self.best = math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, Tensor] | None = None
+
+    def on_epoch_end(self, trainer, record):
+        value = record.val.get(self.monitor)
+        if value is None:
+            raise ValueError(f"EarlyStopping monitors val {self.monitor!r}, but validation gave {sorted(record.val)}")
+        if value < self.best - self.min_delta:
+            self.best, self.best_epoch = value, record.epoch
+            if self.restore_best:
+                self.best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        elif record.epoch - self.best_epoch >= self.patience:
+            trainer.stop_training = True
+
+    def on_train_end(self, trainer):
+        if self.restore_best and self.best_state is not None:
+            trainer.model.load_state_dict(self.best_state)
+
+
 class Trainer:
+    """The loop: batches -> loss + auxiliary losses + regularization -> step -> metrics.
+
+    ``loss_fn(model, batch)`` returns a dict with the main ``"loss"``, any other scalars to
+    show, and optionally ``"metric_inputs"``: the arguments given to each streaming metric's
+    ``update``. Losses a model adds during its forward pass (``AddsLosses.add_loss``) and
+    its regularization loss are added to the main loss and shown under their own names.
+    ``compile=True`` runs the step through ``torch.compile``.
+    """
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn, *,
-                 stage: str = "train", callbacks: Sequence[Callback] = (), progress: bool = True,
-                 grad_clip: float | None = None, refresh_every: int = 10):
+                 metrics: dict[str, Metric] | None = None, stage: str = "train",
+                 callbacks: Sequence[Callback] = (), progress: bool = True, grad_clip: float | None = None,
+                 refresh_every: int = 10, compile: bool = False):
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.metrics = dict(metrics or {})
         self.stage, self.callbacks, self.progress = stage, list(callbacks), progress
         self.grad_clip, self.refresh_every = grad_clip, refresh_every
         self.history: list[EpochRecord] = []
         self.stop_training = False
+        self._step = torch.compile(self._optimize) if compile else self._optimize
 
-    def compute_loss(self, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
-        return self.loss_fn(self.model, batch)
+    def compute_loss(self, batch: tuple[Tensor, ...]) -> tuple[dict[str, Tensor], tuple | None]:
+        """All losses of one batch (``"loss"`` is the total to optimize) and the metric inputs."""
+        output = dict(self.loss_fn(self.model, batch))
+        metric_inputs = output.pop("metric_inputs", None)
+        extra = pop_auxiliary_losses(self.model)
+        regularization = regularization_loss(self.model)
+        if regularization is not None:
+            extra["regularization"] = regularization
+        if extra:
+            output["main_loss"] = output["loss"]
+            output["loss"] = output["loss"] + sum(extra.values())
+            output.update(extra)
+        return output, metric_inputs
 
-    def train_step(self, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
-        losses = self.compute_loss(batch)
+    def _optimize(self, batch):
+        losses, metric_inputs = self.compute_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         if self.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
+        return losses, metric_inputs
+
+    def train_step(self, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        losses, metric_inputs = self._step(batch)
+        apply_constraints(self.model)
+        if metric_inputs is not None:
+            for metric in self.metrics.values():
+                metric.update(*(t.detach() for t in metric_inputs))
         return {name: value.detach() for name, value in losses.items()}
 
     @torch.no_grad()
     def evaluate(self, batches) -> dict[str, float]:
+        """Losses and metrics over all ``batches``, in eval mode (weighted by batch size)."""
         self.model.eval()
-        totals: dict[str, Tensor] = {}
-        count = 0
+        means: dict[str, MeanMetric] = {}
+        metrics = {name: metric.clone() for name, metric in self.metrics.items()}
+        for metric in metrics.values():
+            metric.reset()
         for batch in batches:
-            n = len(batch[0])
-            for name, value in self.compute_loss(batch).items():
-                totals[name] = totals.get(name, 0) + value.detach() * n
-            count += n
-        return {name: float(total / count) for name, total in totals.items()}
+            losses, metric_inputs = self.compute_loss(batch)
+            _accumulate(means, losses, len(batch[0]))
+            if metric_inputs is not None:
+                for metric in metrics.values():
+                    metric.update(*metric_inputs)
+        return _results(means, metrics)
 
     def fit(self, train_batches, epochs: int, val_batches=None) -> list[EpochRecord]:
         from tqdm.auto import tqdm
@@ -126,19 +206,17 @@ class Trainer:
         for epoch in range(1, epochs + 1):
             self.model.train()
             started = time.perf_counter()
-            totals: dict[str, Tensor] = {}
-            count = 0
+            means: dict[str, MeanMetric] = {}
+            for metric in self.metrics.values():
+                metric.reset()  # streaming metrics cover one epoch
             bar = tqdm(train_batches, desc=f"{self.stage} {epoch}/{epochs}", leave=False,
                        disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
             for step, batch in enumerate(bar, 1):
-                n = len(batch[0])
-                for name, value in self.train_step(batch).items():
-                    totals[name] = totals.get(name, 0) + value * n  # stays a tensor: no host sync per step
-                count += n
-                if self.progress and step % self.refresh_every == 0:
-                    bar.set_postfix({k: f"{float(v / count):.4f}" for k, v in totals.items()})
+                _accumulate(means, self.train_step(batch), len(batch[0]))
+                if self.progress and step % self.refresh_every == 0:  # the only host syncs
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in _results(means, self.metrics).items()})
             bar.close()
-            train = {name: float(total / count) for name, total in totals.items()}
+            train = _results(means, self.metrics)
             val = self.evaluate(val_batches) if val_batches is not None else {}
             record = EpochRecord(self.stage, epoch, train, val, time.perf_counter() - started)
             self.history.append(record)
@@ -150,4 +228,30 @@ class Trainer:
                 callback.on_epoch_end(self, record)
             if self.stop_training:
                 break
+        for callback in self.callbacks:
+            callback.on_train_end(self)
         return self.history
+
+
+def _accumulate(means: dict[str, "MeanMetric"], losses: dict[str, Tensor], n: int) -> None:
+    for name, value in losses.items():
+        if name not in means:
+            means[name] = MeanMetric()
+        means[name].update(value.detach().reshape(1), torch.tensor([float(n)]))
+
+
+def _results(means, metrics) -> dict[str, float]:
+    results = {name: float(mean.compute()) for name, mean in means.items()}
+    results.update({name: float(metric.compute()) for name, metric in metrics.items() if metric.update_count})
+    return results
+
+
+def supervised(loss: Callable[[Tensor, Tensor], Tensor]) -> LossFn:
+    """A ``loss_fn`` for batches ``(*inputs, target)``: model(*inputs) is compared with target."""
+
+    def loss_fn(model, batch):
+        *inputs, target = batch
+        prediction = model(*inputs)
+        return {"loss": loss(target, prediction), "metric_inputs": (prediction, target)}
+
+    return loss_fn

@@ -22,18 +22,20 @@ from .permutation import RandomPermutation
 class ConditionalRealNVP(Transform):
     def __init__(self, features: int, context_size: int = 0, couplings: int = 12,
                  hidden: Sequence[int] = (256, 256), batch_norm: bool = True, permute: bool = True,
-                 mask: str = "alternate", shared_network: bool = True, activation: str = "relu",
-                 seed: int = 0):
+                 mask: str = "alternate", shared_network: bool = True, activation="relu",
+                 seed: int = 0, scale_fn: str = "tanh", network: dict | None = None):
         super().__init__()
         if couplings < 1:
             raise ValueError(f"couplings must be at least 1, got {couplings}")
         self.features, self.context_size, self.couplings = features, context_size, couplings
         self.hidden, self.batch_norm, self.permute = list(hidden), batch_norm, permute
-        self.mask, self.shared_network, self.activation, self.seed = mask, shared_network, activation, seed
+        self.mask, self.shared_network, self.seed = mask, shared_network, seed
+        self.scale_fn = scale_fn
         layers: list[Transform] = []
         flip = False
         for i in range(couplings):
-            layers.append(AffineCoupling(features, mask, hidden, context_size, shared_network, flip, activation))
+            layers.append(AffineCoupling(features, mask, hidden, context_size, shared_network, flip, activation,
+                                         scale_fn, network))
             if permute:
                 layers.append(RandomPermutation(features, seed=seed * 1_000_003 + i))
             else:
@@ -41,6 +43,8 @@ class ConditionalRealNVP(Transform):
             if batch_norm:
                 layers.append(InvertibleBatchNorm(features))
         self.transform = Composite(layers)
+        first = layers[0]
+        self.activation, self.network = first.activation, first.network  # as saved (JSON-safe)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.transform(x, self._context(context, x.shape[0]))
@@ -93,4 +97,5 @@ class ConditionalRealNVP(Transform):
         return {"features": self.features, "context_size": self.context_size, "couplings": self.couplings,
                 "hidden": self.hidden, "batch_norm": self.batch_norm, "permute": self.permute,
                 "mask": self.mask, "shared_network": self.shared_network,
-                "activation": self.activation, "seed": self.seed}
+                "activation": self.activation, "seed": self.seed, "scale_fn": self.scale_fn,
+                "network": self.network}

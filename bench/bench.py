@@ -1,0 +1,82 @@
+"""Throughput of latentflows on this machine: training and generation speed, peak memory.
+
+    python bench/bench.py            # about 1.5 minutes on 2 CPU cores
+    python bench/bench.py --seconds 3
+
+Reference (the seed notebook's own code on our 2-core CPU, as reported in issue 3):
+autoencoder 56 images/s, flow 740 samples/s at batch 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+
+from latentflows import ConditionalRealNVP, ConvAutoencoder, LatentFlowPipeline
+from latentflows.pipeline import autoencoder_loss, flow_loss
+from latentflows.training import Batches, Trainer, adam
+
+
+def rate(step, items_per_step: int, seconds: float, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        step()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        step()
+        done += items_per_step
+    return done / (time.perf_counter() - started)
+
+
+def autoencoder_rate(width: int, batch: int, seconds: float) -> float:
+    model = ConvAutoencoder(256, width)
+    trainer = Trainer(model, adam(model.parameters(), 1e-4, 1e-5), autoencoder_loss, progress=False)
+    images = torch.randint(0, 256, (batch * 8, 3, 64, 64), dtype=torch.uint8)
+    batches = iter(Batches([images], batch, shuffle=True))
+    model.train()
+
+    def step():
+        nonlocal batches
+        try:
+            trainer.train_step(next(batches))
+        except StopIteration:
+            batches = iter(Batches([images], batch, shuffle=True))
+
+    return rate(step, batch, seconds)
+
+
+def flow_rate(batch: int, seconds: float) -> float:
+    flow = ConditionalRealNVP(256, 2, couplings=12, hidden=[256, 256])  # the notebook's flow
+    trainer = Trainer(flow, adam(flow.parameters(), 1e-4, 1e-5), flow_loss, progress=False)
+    x = torch.randn(batch, 256)
+    context = torch.nn.functional.one_hot(torch.arange(batch) % 2, 2).float()
+    flow.train()
+    return rate(lambda: trainer.train_step((x, context)), batch, seconds)
+
+
+def generation_rate(width: int, n: int, seconds: float) -> float:
+    pipeline = LatentFlowPipeline(ConvAutoencoder(256, width), ConditionalRealNVP(256, 2), torch.zeros(256),
+                                  torch.ones(256), ["cat", "dog"]).eval()
+    return rate(lambda: pipeline.generate("dog", n), n, seconds, warmup=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per figure")
+    args = parser.parse_args()
+    s = args.seconds
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"autoencoder train, notebook architecture (width 64), batch 32: {autoencoder_rate(64, 32, s):7.1f} images/s")
+    print(f"autoencoder train, notebook architecture (width 64), batch 64: {autoencoder_rate(64, 64, s):7.1f} images/s")
+    print(f"autoencoder train, quick preset (width 32), batch 64:          {autoencoder_rate(32, 64, s):7.1f} images/s")
+    print(f"flow train, notebook architecture, batch 32:                  {flow_rate(32, s):7.0f} samples/s")
+    print(f"flow train, notebook architecture, batch 256 (our default):   {flow_rate(256, s):7.0f} samples/s")
+    print(f"generation (flow + decoder, width 64), 256 at a time:          {generation_rate(64, 256, s):7.1f} images/s")
+    print(f"generation (flow + decoder, width 32), 256 at a time:          {generation_rate(32, 256, s):7.1f} images/s")
+    print(f"peak memory (resident): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Extension hooks and small layers: activations, initializers, regularizers, constraints.
+
+Each hook can be a built-in name ("relu", "glorot_normal", ...), a registered function or a
+registered ``Configurable`` object (e.g. ``L1(0.01)``), so it is saved by name with the model.
+The coupling networks accept all of them; ``regularization_loss(model)`` and
+``apply_constraints(model)`` are what the trainer calls each step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .registry import Configurable, deserialize, get_registered, register, serialize
+
+# ---------------------------------------------------------------------------- specs
+
+def to_spec(hook) -> Any:
+    """A JSON-safe description of a hook: None, a name, or a component spec."""
+    if hook is None or isinstance(hook, (str, bool, int, float, dict)):
+        return hook  # plain values and specs that are already saved
+    if isinstance(hook, Configurable):
+        return serialize(hook)
+    name = getattr(hook, "registered_name", None)
+    if name is not None and get_registered(name) is hook:
+        return name
+    raise ValueError(f"{hook!r} is not registered, so it cannot be saved with the model: "
+                     "decorate it with @latentflows.register")
+
+
+def from_spec(spec, builtins: dict[str, Any]):
+    if spec is None:
+        return None
+    if isinstance(spec, dict):
+        return deserialize(spec)
+    if isinstance(spec, str):
+        return builtins[spec] if spec in builtins else get_registered(spec)
+    return spec  # already a callable or an object
+
+
+# ---------------------------------------------------------------------------- activations
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "selu": nn.SELU, "silu": nn.SiLU,
+    "tanh": nn.Tanh, "softplus": nn.Softplus, "identity": nn.Identity,
+}
+
+
+def get_activation(spec) -> nn.Module:
+    """A module for an activation name, a registered function or module class, or a module."""
+    if isinstance(spec, nn.Module):
+        return spec
+    hook = from_spec(spec, ACTIVATIONS)
+    if isinstance(hook, type) and issubclass(hook, nn.Module):
+        return hook()
+    if callable(hook):
+        return Lambda(hook)
+    raise ValueError(f"unknown activation {spec!r}; use one of {sorted(ACTIVATIONS)} or a registered function")
+
+
+@register
+class Lambda(nn.Module, Configurable):
+    """A stateless layer around a function; saved by the function's registered name."""
+
+    def __init__(self, function: Callable | str):
+        super().__init__()
+        self.function = get_registered(function) if isinstance(function, str) else function
+
+    def forward(self, *inputs):
+        return self.function(*inputs)
+
+    def get_config(self):
+        return {"function": to_spec(self.function)}
+
+
+# ---------------------------------------------------------------------------- initializers
+
+def glorot_normal_(weight: Tensor) -> Tensor:
+    """Glorot (Xavier) normal: std = sqrt(2 / (fan_in + fan_out))."""
+    fan_out, fan_in = weight.shape[0], weight.shape[1]
+    with torch.no_grad():
+        return weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)))
+
+
+def he_normal_(weight: Tensor) -> Tensor:
+    return nn.init.kaiming_normal_(weight, nonlinearity="relu")
+
+
+def lecun_normal_(weight: Tensor) -> Tensor:
+    with torch.no_grad():
+        return weight.normal_(0.0, 1.0 / math.sqrt(weight.shape[1]))
+
+
+INITIALIZERS: dict[str, Callable[[Tensor], Tensor]] = {
+    "glorot_normal": glorot_normal_, "he_normal": he_normal_, "lecun_normal": lecun_normal_,
+    "zeros": nn.init.zeros_,
+}
+
+
+def initialize(weight: Tensor, spec) -> None:
+    """Apply an initializer (name, registered function or object) in place; None keeps PyTorch's."""
+    hook = from_spec(spec, INITIALIZERS)
+    if hook is not None:
+        with torch.no_grad():
+            result = hook(weight)
+            if isinstance(result, Tensor) and result is not weight:
+                weight.copy_(result)
+
+
+# ---------------------------------------------------------------------------- regularizers, constraints
+
+@register
+class L1(Configurable):
+    """factor * sum |w|, added to the loss each step."""
+
+    def __init__(self, factor: float = 0.01):
+        self.factor = factor
+
+    def __call__(self, weight: Tensor) -> Tensor:
+        return self.factor * weight.abs().sum()
+
+    def get_config(self):
+        return {"factor": self.factor}
+
+
+@register
+class L2(Configurable):
+    """factor * sum w^2, added to the loss each step."""
+
+    def __init__(self, factor: float = 0.01):
+        self.factor = factor
+
+    def __call__(self, weight: Tensor) -> Tensor:
+        return self.factor * weight.pow(2).sum()
+
+    def get_config(self):
+        return {"factor": self.factor}
+
+
+@register
+class NonNegative(Configurable):
+    """Constraint: negative weights are set to zero after each optimizer step."""
+
+    def __call__(self, weight: Tensor) -> Tensor:
+        return weight.clamp_min(0.0)
+
+    def get_config(self):
+        return {}
+
+
+REGULARIZERS = {"l1": L1(), "l2": L2()}
+CONSTRAINTS = {"non_negative": NonNegative()}
+
+
+class WeightHooks:
+    """Mixin for layers with ``kernel_regularizer`` / ``kernel_constraint`` on their weights."""
+
+    kernel_regularizer = None
+    kernel_constraint = None
+
+    def hooked_weights(self) -> list[Tensor]:
+        return [m.weight for m in self.modules() if isinstance(m, nn.Linear)]
+
+    def regularization_loss(self) -> Tensor | None:
+        if self.kernel_regularizer is None:
+            return None
+        return sum(self.kernel_regularizer(w) for w in self.hooked_weights())
+
+    @torch.no_grad()
+    def apply_constraints(self) -> None:
+        if self.kernel_constraint is not None:
+            for weight in self.hooked_weights():
+                weight.copy_(self.kernel_constraint(weight))
+
+
+def regularization_loss(model: nn.Module) -> Tensor | None:
+    """Sum of every hooked layer's regularization loss in ``model`` (None if there are none)."""
+    terms = [m.regularization_loss() for m in model.modules() if isinstance(m, WeightHooks)]
+    terms = [t for t in terms if t is not None]
+    return sum(terms) if terms else None
+
+
+def apply_constraints(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, WeightHooks):
+            module.apply_constraints()
+
+
+# ---------------------------------------------------------------------------- auxiliary losses
+
+class AddsLosses:
+    """Mixin for modules that add losses from inside ``forward`` (e.g. a reconstruction term).
+
+    The trainer pops them after each forward pass, adds them to the main loss and shows
+    each under its name.
+    """
+
+    def add_loss(self, name: str, value: Tensor) -> None:
+        self.__dict__.setdefault("_auxiliary_losses", {})[name] = value
+
+
+def pop_auxiliary_losses(model: nn.Module) -> dict[str, Tensor]:
+    losses: dict[str, Tensor] = {}
+    for module in model.modules():
+        added = module.__dict__.pop("_auxiliary_losses", None)
+        if added:
+            losses.update(added)
+    return losses
+
+
+# ---------------------------------------------------------------------------- layers
+
+@register
+class Dense(WeightHooks, nn.Module, Configurable):
+    """A fully connected layer that learns its input size on the first call.
+
+    Run one batch through the model before creating the optimizer (as with any lazy
+    PyTorch module); loading a state dict also sets the size.
+    """
+
+    def __init__(self, units: int, activation="identity", kernel_initializer="glorot_normal",
+                 kernel_regularizer=None, kernel_constraint=None):
+        super().__init__()
+        self.units = units
+        self.activation_spec, self.initializer_spec = activation, kernel_initializer
+        self.linear = nn.LazyLinear(units)
+        self.activation = get_activation(activation)
+        self.kernel_regularizer = from_spec(kernel_regularizer, REGULARIZERS)
+        self.kernel_constraint = from_spec(kernel_constraint, CONSTRAINTS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if isinstance(self.linear, nn.modules.lazy.LazyModuleMixin) and self.linear.has_uninitialized_params():
+            self.linear.initialize_parameters(x)  # the "build" step: now the input size is known
+            initialize(self.linear.weight, self.initializer_spec)
+            nn.init.zeros_(self.linear.bias)
+        return self.activation(self.linear(x))
+
+    def get_config(self):
+        return {"units": self.units, "activation": to_spec(self.activation_spec),
+                "kernel_initializer": to_spec(self.initializer_spec),
+                "kernel_regularizer": to_spec(self.kernel_regularizer),
+                "kernel_constraint": to_spec(self.kernel_constraint)}
+
+
+@register
+class SumProductRatio(nn.Module, Configurable):
+    """A layer with two inputs and three outputs: (a + b, a * b, a / b)."""
+
+    def forward(self, inputs: Sequence[Tensor]) -> list[Tensor]:
+        a, b = inputs
+        return [a + b, a * b, a / b]
+
+    def get_config(self):
+        return {}
+
+
+@register
+class GaussianNoise(nn.Module, Configurable):
+    """Adds N(0, stddev^2) noise in training mode only; the identity in eval mode.
+
+    On the flow's embeddings this is a real regularizer (``--flow-noise``): it smooths the
+    learned density around the training points.
+    """
+
+    def __init__(self, stddev: float):
+        super().__init__()
+        if stddev < 0:
+            raise ValueError(f"stddev must be non-negative, got {stddev}")
+        self.stddev = stddev
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.stddev > 0:
+            return x + torch.randn_like(x) * self.stddev
+        return x
+
+    def get_config(self):
+        return {"stddev": self.stddev}
+
+
+@register
+class ResidualBlock(nn.Module, Configurable):
+    """x + f(x), with f a stack of ``layers`` fully connected layers of width ``units``."""
+
+    def __init__(self, units: int, layers: int = 2, activation="relu"):
+        super().__init__()
+        self.units, self.layers, self.activation_spec = units, layers, activation
+        body: list[nn.Module] = []
+        for _ in range(layers):
+            body += [nn.Linear(units, units), get_activation(activation)]
+        self.body = nn.Sequential(*body)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+    def get_config(self):
+        return {"units": self.units, "layers": self.layers, "activation": to_spec(self.activation_spec)}

@@ -1,0 +1,104 @@
+"""Streaming metrics on torchmetrics: state kept across batches, update / compute / reset.
+
+A streaming metric accumulates totals (not per-batch results), so after two batches it
+reports the value over both: precision of 4 hits in 8 positive predictions is 0.5 even if
+the batches alone gave 0.8 and 0.0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from .losses import huber
+from .registry import Configurable, register
+
+
+class StreamingMean(Metric, Configurable):
+    """Weighted mean of per-sample values: sum and count, summed across processes."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update_values(self, values: Tensor, weight: Tensor | None = None) -> None:
+        values = values.detach().to(torch.float64).flatten()
+        weight = torch.ones_like(values) if weight is None else weight.detach().to(torch.float64).flatten()
+        self.total += (values * weight).sum()
+        self.count += weight.sum()
+
+    def update(self, values: Tensor, weight: Tensor | None = None) -> None:
+        self.update_values(values, weight)
+
+    def compute(self) -> Tensor:
+        return (self.total / self.count).float()
+
+    def get_config(self):
+        return {}
+
+
+@register
+class MeanMetric(StreamingMean):
+    """Mean of whatever values it is given (e.g. a running loss)."""
+
+
+@register
+class HuberMetric(StreamingMean):
+    """Mean Huber loss over all elements seen since the last reset."""
+
+    def __init__(self, threshold: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.threshold = threshold
+
+    def update(self, prediction: Tensor, target: Tensor) -> None:
+        self.update_values(huber(target - prediction, self.threshold))
+
+    def get_config(self):
+        return {"threshold": self.threshold}
+
+
+@register
+class BitsPerDim(StreamingMean):
+    """Negative log-likelihood in bits per dimension, from per-sample log-densities in nats."""
+
+    def __init__(self, features: int, **kwargs):
+        super().__init__(**kwargs)
+        self.features = features
+
+    def update(self, log_prob: Tensor) -> None:
+        self.update_values(-log_prob / (self.features * math.log(2)))
+
+    def get_config(self):
+        return {"features": self.features}
+
+
+@register
+class Precision(Metric, Configurable):
+    """Binary precision, true positives / predicted positives, accumulated over batches."""
+
+    full_state_update = False
+
+    def __init__(self, threshold: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.threshold = threshold
+        self.add_state("true_positives", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("false_positives", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, prediction: Tensor, target: Tensor) -> None:
+        predicted = torch.as_tensor(prediction, dtype=torch.float32) >= self.threshold
+        actual = torch.as_tensor(target).bool()
+        self.true_positives += (predicted & actual).sum()
+        self.false_positives += (predicted & ~actual).sum()
+
+    def compute(self) -> Tensor:
+        predicted = self.true_positives + self.false_positives
+        return self.true_positives / predicted if predicted > 0 else torch.tensor(0.0)
+
+    def get_config(self):
+        return {"threshold": self.threshold}

@@ -1,0 +1,45 @@
+"""Save and load any registered model, with named components such as its loss.
+
+The document's ``load_model(..., custom_objects=...)`` becomes: register your classes with
+``@latentflows.register`` and call ``load_model(directory)``; their hyperparameters (a
+loss's threshold, a regularizer's factor) come back from ``get_config``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from .errors import ModelFileError
+from .registry import deserialize, serialize
+from .storage import load_safetensors, read_json, save_safetensors, write_json
+
+MODEL_FORMAT = "latentflows-model"
+
+
+def save_model(directory: str | Path, model: nn.Module, **components) -> None:
+    """Write ``model.json`` (configs) and ``weights.safetensors`` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_safetensors(directory / "weights.safetensors", model.state_dict(), MODEL_FORMAT)
+    write_json(directory / "model.json", {
+        "format": MODEL_FORMAT, "format_version": 1, "model": serialize(model),
+        "components": {name: serialize(component) for name, component in components.items()},
+    })
+
+
+def load_model(directory: str | Path) -> tuple[nn.Module, dict]:
+    """The model and its components, rebuilt by registered name; weights from safetensors."""
+    directory = Path(directory)
+    config = read_json(directory / "model.json")
+    if config.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{directory / 'model.json'}: not a latentflows model file")
+    model = deserialize(config["model"])
+    tensors, _ = load_safetensors(directory / "weights.safetensors", MODEL_FORMAT)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as error:
+        raise ModelFileError(f"{directory / 'weights.safetensors'}: weights do not fit the model ({error})") from None
+    components = {name: deserialize(spec) for name, spec in config.get("components", {}).items()}
+    return model, components

@@ -1,0 +1,165 @@
+import math
+
+import pytest
+import torch
+
+from latentflows.autodiff import jacobian_logabsdet
+from latentflows.errors import UnknownComponentError
+from latentflows.flows import (AffineCoupling, Composite, ConditionalRealNVP, InvertibleBatchNorm,
+                               RandomPermutation, coupling_mask, held_batch_statistics)
+from latentflows.registry import deserialize, serialize
+
+D, C, B = 6, 3, 7
+
+
+def randomize(module, std=0.4):
+    """Non-trivial parameters and running statistics (new couplings start as the identity)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, std)
+        for m in module.modules():
+            if isinstance(m, InvertibleBatchNorm):
+                m.running_mean.normal_(0, 1)
+                m.running_var.uniform_(0.5, 2.0)
+    return module
+
+
+def one_hot(n, classes=C):
+    return torch.nn.functional.one_hot(torch.arange(n) % classes, classes).float()
+
+
+def layers(context_size):
+    yield "coupling-alternate", AffineCoupling(D, "alternate", [16, 16], context_size)
+    yield "coupling-half-flip", AffineCoupling(D, "half", [16], context_size, flip=True)
+    yield "coupling-two-networks", AffineCoupling(D, "alternate", [16, 16], context_size, shared_network=False)
+    yield "permutation", RandomPermutation(D, seed=3)
+    yield "batchnorm", InvertibleBatchNorm(D)
+    yield "composite", Composite([AffineCoupling(D, hidden=[8], context_size=context_size), RandomPermutation(D),
+                                  InvertibleBatchNorm(D), AffineCoupling(D, "half", [8], context_size)])
+    yield "realnvp", ConditionalRealNVP(D, context_size, couplings=3, hidden=[16, 16])
+    yield "realnvp-no-perm-no-bn", ConditionalRealNVP(D, context_size, couplings=3, hidden=[16],
+                                                      batch_norm=False, permute=False, mask="half")
+
+
+CASES = [(name, context_size, mode) for context_size in (0, C) for name, _ in layers(context_size)
+         for mode in ("train", "eval")]
+
+
+def build(name, context_size, mode, dtype):
+    module = dict(layers(context_size))[name]
+    randomize(module).to(dtype).train(mode == "train")
+    context = one_hot(B).to(dtype) if context_size else None
+    return module, context
+
+
+@pytest.mark.parametrize("name,context_size,mode", CASES)
+def test_round_trip_float32(name, context_size, mode):
+    module, context = build(name, context_size, mode, torch.float32)
+    x = torch.randn(B, D) * 2
+    z, logabsdet = module(x, context)
+    x_back, inverse_logabsdet = module.inverse(z, context)
+    assert (x_back - x).abs().max() < 1e-4
+    assert (logabsdet + inverse_logabsdet).abs().max() < 1e-4
+    assert logabsdet.shape == (B,)
+    if name != "permutation":
+        assert not torch.allclose(z, x), "the transform should not be the identity here"
+
+
+@pytest.mark.parametrize("name,context_size,mode", CASES)
+def test_logabsdet_matches_autograd_jacobian(name, context_size, mode):
+    module, context = build(name, context_size, mode, torch.float64)
+    x = torch.randn(B, D, dtype=torch.float64)
+    for direction in ("forward", "inverse"):
+        apply = module if direction == "forward" else module.inverse
+        _, reported = apply(x, context)
+        with held_batch_statistics(module):
+            _, reported_held = apply(x, context)
+        _, exact = jacobian_logabsdet(module, x, context, direction)
+        assert torch.allclose(reported_held, exact, atol=1e-8), direction
+        assert torch.allclose(reported, exact, atol=1e-8), direction
+
+
+def test_context_changes_the_transform():
+    flow = randomize(ConditionalRealNVP(D, C, couplings=2, hidden=[8])).eval()
+    x = torch.randn(B, D)
+    z_a, _ = flow(x, one_hot(B))
+    z_b, _ = flow(x, one_hot(B).roll(1, dims=1))
+    assert not torch.allclose(z_a, z_b)
+
+
+def test_batchnorm_training_uses_batch_stats_and_updates_running_averages():
+    norm = InvertibleBatchNorm(D, momentum=0.5).train()
+    x = torch.randn(256, D) * 3 + 5
+    z, _ = norm(x)
+    assert z.mean(0).abs().max() < 1e-5 and (z.std(0) - 1).abs().max() < 0.01
+    assert torch.allclose(norm.running_mean, 0.5 * x.mean(0), atol=1e-5)
+    assert not norm.running_mean.requires_grad
+    norm.eval()
+    z_eval, _ = norm(x)
+    assert not torch.allclose(z_eval, z)  # eval mode uses the running statistics
+
+
+def test_batchnorm_rejects_single_sample_in_training():
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        InvertibleBatchNorm(D).train()(torch.randn(1, D))
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_2d_density_integrates_to_one(batch_norm):
+    flow = randomize(ConditionalRealNVP(2, 2, couplings=4, hidden=[16], batch_norm=batch_norm), std=0.3)
+    flow.double().eval()
+    step = 0.04
+    axis = torch.arange(-12, 12, step, dtype=torch.float64) + step / 2
+    grid = torch.cartesian_prod(axis, axis)
+    for label in range(2):
+        context = torch.nn.functional.one_hot(torch.tensor([label]), 2).double()
+        with torch.no_grad():
+            density = flow.log_prob(grid, context.expand(len(grid), -1)).exp()
+        assert abs(density.sum().item() * step * step - 1) < 5e-3
+
+
+def test_sample_log_prob_agrees_with_log_prob():
+    flow = randomize(ConditionalRealNVP(D, C, couplings=3, hidden=[16])).double().eval()
+    context = one_hot(1).double()
+    x, log_prob = flow.sample_and_log_prob(50, context, temperature=0.7, generator=torch.Generator().manual_seed(1))
+    assert x.dtype == torch.float64 and x.shape == (50, D)
+    assert torch.allclose(log_prob, flow.log_prob(x, context), atol=1e-8)
+
+
+def test_samples_follow_the_base_at_identity():
+    flow = ConditionalRealNVP(D, 0, couplings=2, batch_norm=False).eval()  # zero-init couplings: identity
+    x = flow.sample(20000, generator=torch.Generator().manual_seed(0))
+    assert x.mean().abs() < 0.02 and (x.std() - 1).abs() < 0.02
+    expected = -0.5 * D * math.log(2 * math.pi)
+    assert torch.isclose(flow.log_prob(torch.zeros(1, D))[0], torch.tensor(expected))
+
+
+def test_config_round_trip_rebuilds_an_equal_flow():
+    flow = randomize(ConditionalRealNVP(D, C, couplings=2, hidden=[8], mask="half", shared_network=False)).eval()
+    spec = serialize(flow)
+    import json
+
+    rebuilt = deserialize(json.loads(json.dumps(spec)))
+    rebuilt.load_state_dict(flow.state_dict())
+    rebuilt.eval()
+    x = torch.randn(B, D)
+    assert torch.equal(flow(x, one_hot(B))[0], rebuilt(x, one_hot(B))[0])
+
+
+def test_unknown_component_names_it_and_says_how_to_register():
+    with pytest.raises(UnknownComponentError, match="'MyFlow'.*@latentflows.register"):
+        deserialize({"class": "MyFlow", "config": {}})
+
+
+def test_masks_split_features_in_two():
+    assert coupling_mask(5, "alternate").tolist() == [True, False, True, False, True]
+    assert coupling_mask(4, "half", flip=True).tolist() == [True, True, False, False]
+    with pytest.raises(ValueError, match="unknown mask"):
+        coupling_mask(4, "checkerboard")
+
+
+def test_context_errors_are_clear():
+    with pytest.raises(ValueError, match="pass a context"):
+        ConditionalRealNVP(D, C, couplings=1)(torch.randn(2, D))
+    with pytest.raises(ValueError, match="shape"):
+        ConditionalRealNVP(D, C, couplings=1)(torch.randn(2, D + 1), one_hot(2))

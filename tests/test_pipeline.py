@@ -1,0 +1,117 @@
+import pytest
+import torch
+
+import latentflows as lf
+from latentflows.errors import LatentflowsError, ModelFileError, RunExistsError
+
+@pytest.fixture(scope="module")
+def trained(small_pets, tmp_path_factory, tiny_config):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    pipeline = lf.train(small_pets, tiny_config, run, progress=False)
+    return pipeline, run
+
+
+def test_run_folder_has_config_weights_metrics_and_figures(trained):
+    _, run = trained
+    for name in ["config.json", "model.safetensors", "metrics.jsonl", "figures/autoencoder_loss.png",
+                 "figures/flow_loss.png", "figures/reconstructions.png", "figures/samples.png"]:
+        assert (run / name).is_file(), name
+    import json
+
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["autoencoder"] * 2 + ["flow"] * 3
+    assert all("val_loss" in r for r in rows)
+    assert rows[-1]["train_loss"] < rows[2]["train_loss"]  # the flow learned something
+
+
+def test_training_is_deterministic(small_pets, trained, tiny_config):
+    again = lf.train(small_pets, tiny_config, None, progress=False, figures=False)
+    for (name, a), (_, b) in zip(trained[0].state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_save_and_load_give_identical_samples(trained):
+    pipeline, run = trained
+    loaded = lf.load(run)
+    a, b = pipeline.generate("dog", 6, seed=5), loaded.generate("dog", 6, seed=5)
+    assert torch.equal(a.images, b.images) and torch.equal(a.log_prob, b.log_prob)
+    assert loaded.class_names == ["cat", "dog"]
+
+
+def test_samples_are_sorted_by_log_density_and_it_is_the_models(trained):
+    pipeline, _ = trained
+    samples = pipeline.generate("cat", 12, temperature=0.8, seed=1)
+    assert samples.images.shape == (12, 3, 64, 64) and samples.images.dtype == torch.uint8
+    assert torch.all(samples.log_prob[:-1] >= samples.log_prob[1:])
+    flow = pipeline.flow
+    cat, dog = (flow.sample(4, pipeline.one_hot(torch.tensor([k])), generator=torch.Generator().manual_seed(1))
+                for k in (0, 1))
+    assert (cat - dog).abs().max() > 1e-3  # the class changes the sampled embeddings
+
+
+def test_embeddings_are_standardized(trained, small_pets, tiny_config):
+    pipeline, _ = trained
+    train_set, _ = small_pets.split(tiny_config.val_fraction, tiny_config.seed)
+    embeddings = pipeline.embed(train_set.images)
+    assert embeddings.mean(0).abs().max() < 1e-3 and (embeddings.std(0) - 1).abs().max() < 1e-3
+
+
+def test_unknown_class_lists_the_known_ones(trained):
+    with pytest.raises(LatentflowsError, match="unknown class 'horse'.*cat, dog"):
+        trained[0].generate("horse", 2)
+
+
+def test_truncated_or_foreign_files_give_clear_errors(trained, tmp_path):
+    import shutil
+
+    _, run = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelFileError, match="model.safetensors.*truncated"):
+        lf.load(copy)
+    weights.write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelFileError, match="model.safetensors"):
+        lf.load(copy)
+    (copy / "config.json").write_text('{"hello": 1}')
+    with pytest.raises(ModelFileError, match="not a latentflows run config"):
+        lf.load(copy)
+    (copy / "config.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        lf.load(copy)
+    with pytest.raises(ModelFileError, match="no such run folder"):
+        lf.load(tmp_path / "missing")
+
+
+def test_existing_run_folder_is_refused(small_pets, trained, tiny_config):
+    _, run = trained
+    with pytest.raises(RunExistsError, match="--overwrite"):
+        lf.train(small_pets, tiny_config, run, progress=False)
+
+
+def test_autoencoder_sizes_and_config_round_trip():
+    for dim in (128, 256, 512):
+        model = lf.ConvAutoencoder(embedding_dim=dim, width=8).eval()
+        reconstruction, embedding = model(torch.rand(2, 3, 64, 64) * 2 - 1)
+        assert embedding.shape == (2, dim) and reconstruction.shape == (2, 3, 64, 64)
+        assert reconstruction.abs().max() <= 1
+        assert lf.deserialize(lf.serialize(model)).get_config() == model.get_config()
+
+
+def test_early_stopping_keeps_the_best_validation_weights():
+    from latentflows.training import Batches, EarlyStopping, Trainer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    x, y = torch.randn(64, 4), torch.randn(64, 1)  # pure noise: validation gets worse as it fits
+    val_x, val_y = torch.randn(64, 4), torch.randn(64, 1)
+
+    def loss_fn(m, batch):
+        return {"loss": torch.nn.functional.mse_loss(m(batch[0]), batch[1])}
+
+    stopper = EarlyStopping("loss", patience=3)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.3), loss_fn, callbacks=[stopper], progress=False)
+    history = trainer.fit(Batches([x, y], 16, shuffle=True), 200, Batches([val_x, val_y], 64))
+    assert len(history) < 200 and len(history) == stopper.best_epoch + 3
+    assert trainer.evaluate(Batches([val_x, val_y], 64))["loss"] == pytest.approx(stopper.best)

@@ -1,0 +1,23 @@
+"""The full quick preset on the embedded data, end to end (about 15 minutes: `pytest -m slow`)."""
+
+import json
+
+import pytest
+
+import latentflows as lf
+from latentflows.cli import main
+
+
+@pytest.mark.slow
+def test_quick_preset_end_to_end(tmp_path):
+    run = tmp_path / "quick"
+    assert main(["train", "--out", str(run), "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    autoencoder = [r for r in rows if r["stage"] == "autoencoder"]
+    flow = [r for r in rows if r["stage"] == "flow"]
+    assert autoencoder[-1]["val_loss"] < 0.6 * autoencoder[0]["val_loss"]
+    assert min(r["val_loss"] for r in flow) < flow[0]["val_loss"] - 10
+    pipeline = lf.load(run)
+    for label in ("cat", "dog"):
+        samples = pipeline.generate(label, 8)
+        assert samples.images.float().std() > 10  # not a flat grey image
