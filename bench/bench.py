@@ -2,6 +2,7 @@
 
     python bench/bench.py            # about 1.5 minutes on 2 CPU cores
     python bench/bench.py --seconds 3
+    python bench/bench.py --compile  # eager against torch.compile (compiling takes minutes)
 
 Reference (the seed notebook's own code on our 2-core CPU, as reported in issue 3):
 autoencoder 56 images/s, flow 740 samples/s at batch 32.
@@ -30,9 +31,9 @@ def rate(step, items_per_step: int, seconds: float, warmup: int = 2) -> float:
     return done / (time.perf_counter() - started)
 
 
-def autoencoder_rate(width: int, batch: int, seconds: float) -> float:
+def autoencoder_rate(width: int, batch: int, seconds: float, compile: bool = False) -> float:
     model = ConvAutoencoder(256, width)
-    trainer = Trainer(model, adam(model.parameters(), 1e-4, 1e-5), autoencoder_loss, progress=False)
+    trainer = Trainer(model, adam(model.parameters(), 1e-4, 1e-5), autoencoder_loss, progress=False, compile=compile)
     images = torch.randint(0, 256, (batch * 8, 3, 64, 64), dtype=torch.uint8)
     batches = iter(Batches([images], batch, shuffle=True))
     model.train()
@@ -47,9 +48,9 @@ def autoencoder_rate(width: int, batch: int, seconds: float) -> float:
     return rate(step, batch, seconds)
 
 
-def flow_rate(batch: int, seconds: float) -> float:
+def flow_rate(batch: int, seconds: float, compile: bool = False) -> float:
     flow = ConditionalRealNVP(256, 2, couplings=12, hidden=[256, 256])  # the notebook's flow
-    trainer = Trainer(flow, adam(flow.parameters(), 1e-4, 1e-5), flow_loss, progress=False)
+    trainer = Trainer(flow, adam(flow.parameters(), 1e-4, 1e-5), flow_loss, progress=False, compile=compile)
     x = torch.randn(batch, 256)
     context = torch.nn.functional.one_hot(torch.arange(batch) % 2, 2).float()
     flow.train()
@@ -65,8 +66,20 @@ def generation_rate(width: int, n: int, seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per figure")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd training steps")
     args = parser.parse_args()
     s = args.seconds
+    if args.compile:
+        for name, measure in [("flow train, batch 32", lambda c: flow_rate(32, s, c)),
+                              ("flow train, batch 256", lambda c: flow_rate(256, s, c)),
+                              ("autoencoder train, width 32, batch 64", lambda c: autoencoder_rate(32, 64, s, c))]:
+            eager = measure(False)
+            started = time.perf_counter()
+            compiled = measure(True)
+            total = time.perf_counter() - started
+            print(f"{name}: eager {eager:7.1f}/s, compiled {compiled:7.1f}/s "
+                  f"({compiled / eager:.2f}x; compiling and measuring took {total:.0f}s)", flush=True)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"autoencoder train, notebook architecture (width 64), batch 32: {autoencoder_rate(64, 32, s):7.1f} images/s")
     print(f"autoencoder train, notebook architecture (width 64), batch 64: {autoencoder_rate(64, 64, s):7.1f} images/s")

@@ -77,7 +77,7 @@ def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, 
 def sample_grid(samples: list, path: Path) -> None:
     """One row per class; columns sorted by log-density, highest first."""
     columns = len(samples[0].images)
-    figure, axes = plt.subplots(len(samples), columns, figsize=(1.6 * columns, 1.75 * len(samples)), squeeze=False)
+    figure, axes = plt.subplots(len(samples), columns, figsize=(1.6 * columns, 2.0 * len(samples)), squeeze=False)
     for r, row in enumerate(samples):
         for c in range(columns):
             axes[r, c].imshow(_hwc(row.images[c]))
