@@ -55,3 +55,15 @@ def test_missing_run_is_a_one_line_error(tmp_path, capsys):
     assert main(["info", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no such run folder" in err
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--ae-loss", "l7", "unknown loss 'l7'"),
+    ("--ae-loss", "huber:abc", "Huber threshold"),
+    ("--scale-fn", "cube", "scale-fn must be tanh or softplus"),
+    ("--mask", "checkerboard", "mask must be alternate or half"),
+])
+def test_bad_values_of_free_text_options_exit_with_code_2(tmp_path, capsys, option, value, message):
+    assert main(["train", "--out", str(tmp_path / "r"), option, value]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before anything was written

@@ -263,6 +263,34 @@ def test_streaming_metrics_reset_each_epoch_and_callbacks_see_every_epoch():
     assert "huber" in history[-1].train and "huber" in history[-1].val
 
 
+def test_checkpoint_callback_writes_atomically_and_loads_back(tmp_path):
+    from latentflows.errors import ModelFileError
+    from latentflows.training import Checkpoint, load_checkpoint
+
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    model = nn.Linear(3, 1)
+    path = tmp_path / "ckpt.safetensors"
+    trainer = Trainer(model, adam(model.parameters(), 1e-2), supervised(MSELoss()),
+                      callbacks=[Checkpoint(path, every=2)], progress=False)
+    trainer.fit(Batches([x, y], 8), 5)
+    restored = nn.Linear(3, 1)
+    header = load_checkpoint(path, restored)
+    assert header["epoch"] == "4"  # every 2 epochs: the last write was after epoch 4
+    assert not torch.equal(restored.weight, model.weight)  # epoch 5 moved on
+    assert list(tmp_path.iterdir()) == [path]  # no temporary files left behind
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ModelFileError, match="ckpt.safetensors"):
+        load_checkpoint(path, restored)
+
+
+def test_residual_option_reaches_the_coupling_networks(small_pets, tiny_config):
+    from dataclasses import replace
+
+    pipeline = lf.train(small_pets, replace(tiny_config, residual=True, hidden=[16, 16], flow_epochs=1, ae_epochs=1),
+                        None, progress=False, figures=False)
+    assert any(isinstance(m, ResidualBlock) for m in pipeline.flow.modules())
+
+
 def test_compiled_step_gives_the_same_result_as_eager():
     torch.manual_seed(0)
     x, y = torch.randn(32, 3), torch.randn(32, 1)

@@ -89,6 +89,7 @@ TRAIN_OPTIONS = {
     "--permute": ("permute", _on_off, "random permutation after each coupling (on/off)"),
     "--mask": ("mask", str, "coupling mask: alternate or half"),
     "--shared-network": ("shared_network", _on_off, "one network for scale and shift (on) or two (off)"),
+    "--residual": ("residual", _on_off, "residual blocks in the coupling networks (on/off; hidden sizes must be equal)"),
     "--scale-fn": ("scale_fn", str, "coupling scale function: tanh (bounded log-scale) or softplus"),
     "--flow-noise": ("flow_noise", _non_negative_float, "std of Gaussian noise on the embeddings while the flow trains"),
     "--flow-epochs": ("flow_epochs", _positive_int, "flow epochs"),

@@ -30,6 +30,7 @@ class TrainConfig:
     permute: bool = True
     mask: str = "alternate"
     shared_network: bool = True
+    residual: bool = False  # residual blocks in the coupling networks
     flow_epochs: int = 25
     flow_batch_size: int = 32
     flow_lr: float = 1e-4

@@ -242,7 +242,8 @@ def train(dataset: ImageDataset, config: TrainConfig, run_dir: str | Path | None
 
     flow = ConditionalRealNVP(config.embedding_dim, dataset.num_classes, config.couplings, config.hidden,
                               config.batch_norm, config.permute, config.mask, config.shared_network,
-                              seed=config.seed, scale_fn=config.scale_fn)
+                              seed=config.seed, scale_fn=config.scale_fn,
+                              network={"residual": True} if config.residual else None)
     pipeline.flow = flow
     pipeline.ae_loss = ae_loss
     optimizer = adam(flow.parameters(), config.flow_lr, config.flow_weight_decay)

@@ -22,6 +22,9 @@ from torchmetrics import Metric
 
 from .layers import apply_constraints, pop_auxiliary_losses, regularization_loss
 from .metrics import MeanMetric
+from .storage import load_safetensors, save_safetensors
+
+CHECKPOINT_FORMAT = "latentflows-checkpoint"
 
 LossFn = Callable[[nn.Module, tuple[Tensor, ...]], dict[str, Tensor]]
 
@@ -101,6 +104,31 @@ class JsonlLogger(Callback):
     def on_epoch_end(self, trainer, record):
         with self.path.open("a") as stream:
             stream.write(json.dumps(record.as_dict()) + "\n")
+
+
+class Checkpoint(Callback):
+    """Saves the model's weights and buffers every ``every`` epochs as safetensors.
+
+    Each write goes to a temporary file that is renamed into place, so a crash mid-write
+    leaves the previous checkpoint intact. The header records the stage and epoch.
+    """
+
+    def __init__(self, path: str | Path, every: int = 1):
+        if every < 1:
+            raise ValueError(f"checkpoint interval must be at least 1 epoch, got {every}")
+        self.path, self.every = Path(path), every
+
+    def on_epoch_end(self, trainer, record):
+        if record.epoch % self.every == 0:
+            save_safetensors(self.path, trainer.model.state_dict(), CHECKPOINT_FORMAT,
+                             {"stage": record.stage, "epoch": str(record.epoch)})
+
+
+def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, str]:
+    """Load a ``Checkpoint`` file into ``model``; returns its header (stage, epoch)."""
+    tensors, metadata = load_safetensors(path, CHECKPOINT_FORMAT)
+    model.load_state_dict(tensors)
+    return metadata
 
 
 class EarlyStopping(Callback):
