@@ -304,3 +304,23 @@ def test_compiled_step_gives_the_same_result_as_eager():
             trainer.train_step((x, y))
         results.append(model.weight.detach().clone())
     assert torch.allclose(results[0], results[1], atol=1e-6)
+
+
+def test_non_finite_losses_are_skipped_counted_and_stop_training():
+    from latentflows.training import NonFiniteLossError
+
+    x, y = torch.randn(32, 3), torch.randn(32, 1)
+    y_bad = y.clone()
+    y_bad[8:16] = float("nan")  # the second of four batches is poisoned
+    model = nn.Linear(3, 1)
+    trainer = Trainer(model, adam(model.parameters(), 1e-2), supervised(MSELoss()), progress=False)
+    history = trainer.fit(Batches([x, y_bad], 8), 2)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert [r.train["skipped_steps"] for r in history] == [1, 1]
+    assert torch.isfinite(torch.tensor(history[-1].train["loss"]))
+
+    stuck = Trainer(model, adam(model.parameters(), 1e-2), supervised(MSELoss()), progress=False, max_nonfinite=3)
+    before = model.weight.detach().clone()
+    with pytest.raises(NonFiniteLossError, match="3 steps in a row.*--grad-clip"):
+        stuck.fit(Batches([x, torch.full_like(y, float("nan"))], 8), 5)
+    assert torch.equal(model.weight, before)  # no poisoned update reached the weights

@@ -152,3 +152,68 @@ def test_hub_ids_go_through_datasets(monkeypatch, shared_parquet):
         dataset = load_images("enterprise-explorers/oxford-pets", use_cache=False)
     assert seen == ["enterprise-explorers/oxford-pets"]
     assert dataset.class_counts() == {"cat": 2159, "dog": 4506}
+
+
+def test_cache_keeps_only_the_most_recent_entries(tmp_path, monkeypatch):
+    from latentflows.data import cache_entries
+
+    monkeypatch.setenv("LATENTFLOWS_CACHE_ENTRIES", "2")
+    rng = np.random.default_rng(1)
+    folders = []
+    for i in range(3):
+        folder = tmp_path / f"set{i}"
+        save(Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)), folder / "a" / "x.png")
+        folders.append(folder)
+    cache = tmp_path / "cache"
+    for folder in folders:
+        load_images(folder, cache_dir=cache)
+    assert len(cache_entries(cache)) == 2
+    load_images(folders[2], cache_dir=cache)  # the newest is still cached: no new entry
+    assert len(cache_entries(cache)) == 2
+
+
+def test_cache_clear_command(tmp_path, monkeypatch, capsys, small_folder):
+    from latentflows.cli import main
+
+    monkeypatch.setenv("LATENTFLOWS_CACHE", str(tmp_path / "cache"))
+    load_images(small_folder)
+    assert main(["cache", "info"]) == 0 and "1 entry" in capsys.readouterr().out
+    assert main(["cache", "clear"]) == 0 and "removed 1 file(s)" in capsys.readouterr().out
+    assert main(["cache", "info"]) == 0 and "0 entries" in capsys.readouterr().out
+
+
+def test_single_class_folder_trains_and_samples(tmp_path, tiny_config, pets):
+    from dataclasses import replace
+
+    import latentflows as lf
+
+    root = tmp_path / "only"
+    for i, image in enumerate(pets.images[:48]):
+        save(Image.fromarray(image.permute(1, 2, 0).numpy()), root / "pets" / f"{i}.png")
+    dataset = load_images(root, use_cache=False)
+    assert dataset.class_names == ["pets"]
+    pipeline = lf.train(dataset, replace(tiny_config, ae_epochs=1, flow_epochs=1), None, progress=False, figures=False)
+    assert pipeline.generate("pets", 3).images.shape == (3, 3, 64, 64)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+MODES = ["RGB", "RGBA", "L", "LA", "P", "CMYK", "I;16", "1", "F"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(width=st.integers(1, 300), height=st.integers(1, 300), mode=st.sampled_from(MODES),
+       size=st.sampled_from([8, 32, 64]), seed=st.integers(0, 2**16))
+def test_any_image_becomes_a_square_rgb_uint8_array(width, height, mode, size, seed):
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).convert(
+        "RGBA" if mode in ("RGBA", "LA", "P") else "RGB")
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65535, (height, width)).astype(np.uint16))
+    elif mode == "F":
+        image = Image.fromarray(rng.random((height, width)).astype(np.float32) * 255)
+    elif mode != image.mode:
+        image = image.convert(mode)
+    array = to_rgb_array(image, size)
+    assert array.shape == (size, size, 3) and array.dtype == np.uint8

@@ -130,7 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="describe a trained run")
     info.add_argument("run", type=Path)
+
+    cache = commands.add_parser("cache", help="show or empty the decoded-image cache")
+    cache.add_argument("action", choices=["info", "clear"])
     return parser
+
+
+def run_cache(args) -> None:
+    from .data import cache_entries, clear_cache, default_cache_dir
+
+    if args.action == "clear":
+        files, size = clear_cache()
+        print(f"removed {files} file(s), {size / 2**20:.1f} MiB, from {default_cache_dir()}")
+        return
+    entries = cache_entries()
+    total = sum(e.stat().st_size for e in entries)
+    print(f"{default_cache_dir()}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {total / 2**20:.1f} MiB")
 
 
 def run_train(args) -> None:
@@ -210,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        {"train": run_train, "sample": run_sample, "info": run_info}[args.command](args)
+        {"train": run_train, "sample": run_sample, "info": run_info, "cache": run_cache}[args.command](args)
     except LatentflowsError as error:
         print(f"latentflows: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -29,6 +29,7 @@ from .storage import load_safetensors, save_safetensors
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 LOADER_VERSION = 1  # bump when decoding changes, so old cache entries are not reused
+CACHE_ENTRIES = 8  # most recently used decoded sources kept on disk ($LATENTFLOWS_CACHE_ENTRIES)
 
 
 @dataclass
@@ -153,6 +154,7 @@ def load_images(source: str | os.PathLike | None = None, *, label_field: str | N
     if use_cache and cache_path.exists():
         cached = _read_cache(cache_path)
         if cached is not None:
+            os.utime(cache_path)  # mark as recently used
             return cached
     if kind == "folder":
         dataset = _load_folder(Path(name), image_size, progress)
@@ -212,6 +214,29 @@ def _write_cache(path: Path, dataset: ImageDataset) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_safetensors(path, {"images": dataset.images, "labels": dataset.labels}, "latentflows-image-cache",
                      {"class_names": json.dumps(dataset.class_names), "source": dataset.source})
+    limit = int(os.environ.get("LATENTFLOWS_CACHE_ENTRIES", CACHE_ENTRIES))
+    for stale in cache_entries(path.parent)[limit:]:  # least recently used beyond the limit
+        stale.unlink(missing_ok=True)
+
+
+def cache_entries(cache_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Decoded-image cache files, most recently used first."""
+    directory = Path(cache_dir or default_cache_dir())
+    if not directory.is_dir():
+        return []
+    return sorted(directory.glob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def clear_cache(cache_dir: str | os.PathLike | None = None) -> tuple[int, int]:
+    """Delete every cache entry (and leftovers of interrupted writes); (files, bytes) removed."""
+    directory = Path(cache_dir or default_cache_dir())
+    if not directory.is_dir():
+        return 0, 0
+    files = [*directory.glob("*.safetensors"), *directory.glob(".*.tmp")]
+    size = sum(f.stat().st_size for f in files)
+    for f in files:
+        f.unlink(missing_ok=True)
+    return len(files), size
 
 
 def _load_folder(root: Path, size: int, progress: bool) -> ImageDataset:

@@ -20,11 +20,16 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from .errors import LatentflowsError
 from .layers import apply_constraints, pop_auxiliary_losses, regularization_loss
 from .metrics import MeanMetric
 from .storage import load_safetensors, save_safetensors
 
 CHECKPOINT_FORMAT = "latentflows-checkpoint"
+
+
+class NonFiniteLossError(LatentflowsError):
+    """Training produced NaN or infinite losses too many times in a row."""
 
 LossFn = Callable[[nn.Module, tuple[Tensor, ...]], dict[str, Tensor]]
 
@@ -166,17 +171,21 @@ class Trainer:
     show, and optionally ``"metric_inputs"``: the arguments given to each streaming metric's
     ``update``. Losses a model adds during its forward pass (``AddsLosses.add_loss``) and
     its regularization loss are added to the main loss and shown under their own names.
-    ``compile=True`` runs the step through ``torch.compile``.
+    ``compile=True`` runs the step through ``torch.compile``. A step whose loss is NaN or
+    infinite is skipped (no update) and counted as ``skipped_steps``; after
+    ``max_nonfinite`` in a row training stops with a ``NonFiniteLossError``.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn, *,
                  metrics: dict[str, Metric] | None = None, stage: str = "train",
                  callbacks: Sequence[Callback] = (), progress: bool = True, grad_clip: float | None = None,
-                 refresh_every: int = 10, compile: bool = False):
+                 refresh_every: int = 10, compile: bool = False, max_nonfinite: int = 10):
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.metrics = dict(metrics or {})
         self.stage, self.callbacks, self.progress = stage, list(callbacks), progress
         self.grad_clip, self.refresh_every = grad_clip, refresh_every
+        self.max_nonfinite = max_nonfinite
+        self.nonfinite_in_a_row = 0
         self.history: list[EpochRecord] = []
         self.stop_training = False
         self._step = torch.compile(self._optimize) if compile else self._optimize
@@ -201,11 +210,21 @@ class Trainer:
         losses["loss"].backward()
         if self.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
         return losses, metric_inputs
 
-    def train_step(self, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
+    def train_step(self, batch: tuple[Tensor, ...]) -> dict[str, Tensor] | None:
+        """One optimizer step; None when the loss was not finite and the step was skipped."""
         losses, metric_inputs = self._step(batch)
+        if not torch.isfinite(losses["loss"]):  # one host sync per step, free on CPU
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_in_a_row += 1
+            if self.nonfinite_in_a_row >= self.max_nonfinite:
+                raise NonFiniteLossError(
+                    f"{self.stage}: the loss was NaN or infinite in {self.nonfinite_in_a_row} steps in a row "
+                    f"(epoch {len(self.history) + 1}); stopping. Lower the learning rate or pass --grad-clip")
+            return None
+        self.nonfinite_in_a_row = 0
+        self.optimizer.step()
         apply_constraints(self.model)
         if metric_inputs is not None:
             for metric in self.metrics.values():
@@ -239,12 +258,19 @@ class Trainer:
                 metric.reset()  # streaming metrics cover one epoch
             bar = tqdm(train_batches, desc=f"{self.stage} {epoch}/{epochs}", leave=False,
                        disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
+            skipped = 0
             for step, batch in enumerate(bar, 1):
-                _accumulate(means, self.train_step(batch), len(batch[0]))
+                losses = self.train_step(batch)
+                if losses is None:
+                    skipped += 1
+                    continue
+                _accumulate(means, losses, len(batch[0]))
                 if self.progress and step % self.refresh_every == 0:  # the only host syncs
                     bar.set_postfix({k: f"{v:.4f}" for k, v in _results(means, self.metrics).items()})
             bar.close()
             train = _results(means, self.metrics)
+            if skipped:
+                train["skipped_steps"] = skipped
             val = self.evaluate(val_batches) if val_batches is not None else {}
             record = EpochRecord(self.stage, epoch, train, val, time.perf_counter() - started)
             self.history.append(record)
