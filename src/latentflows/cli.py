@@ -110,7 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--label-field", help="field giving the class for parquet/hub data (default: dog, else label)")
     train.add_argument("--image-field", default="image", help="field holding the image (default: image)")
     train.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="starting settings (default: quick)")
-    train.add_argument("--out", required=True, type=Path, help="run folder to create")
+    target = train.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, help="run folder to create")
+    target.add_argument("--resume", type=Path, metavar="RUN",
+                        help="continue an interrupted run from its last checkpoint (same settings and data)")
     train.add_argument("--overwrite", action="store_true", help="replace the run files in an existing --out folder")
     train.add_argument("--limit", type=_positive_int, help="use only this many images (a stratified subset), for trials")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -151,8 +154,18 @@ def run_cache(args) -> None:
 def run_train(args) -> None:
     from .data import load_images
     from .losses import parse_loss
-    from .pipeline import prepare_run_dir, train
+    from .pipeline import prepare_run_dir, read_run_settings, train
 
+    if args.resume is not None:
+        prepare_run_dir(args.resume, overwrite=False, resume=True)
+        settings = read_run_settings(args.resume)
+        config, data = TrainConfig.from_dict(settings["train_config"]), settings["data"]
+        print(f"resuming {args.resume} (settings and data from its run.json)", file=sys.stderr)
+        _train_on(load_images(data.get("source"), label_field=data.get("label_field"),
+                              image_field=data.get("image_field", "image"), image_size=config.image_size,
+                              progress=not args.no_progress),
+                  config, args.resume, data, args, resume=True)
+        return
     config = PRESETS[args.preset]
     for option, (name, _, _) in TRAIN_OPTIONS.items():
         value = getattr(args, option.lstrip("-").replace("-", "_"))
@@ -168,14 +181,28 @@ def run_train(args) -> None:
     prepare_run_dir(args.out, args.overwrite)  # fail before the slow steps
     dataset = load_images(args.data, label_field=args.label_field, image_field=args.image_field,
                           image_size=config.image_size, progress=not args.no_progress)
-    if args.limit and args.limit < len(dataset):
-        keep, _ = dataset.split(1 - args.limit / len(dataset), seed=config.seed)
-        dataset = keep
+    data = {"source": str(Path(args.data).resolve()) if args.data and Path(args.data).exists() else args.data,
+            "label_field": args.label_field, "image_field": args.image_field, "limit": args.limit}
+    _train_on(dataset, config, args.out, data, args, resume=False)
+
+
+def _train_on(dataset, config: TrainConfig, run_dir: Path, data: dict, args, resume: bool) -> None:
+    from .pipeline import train
+
+    limit = data.get("limit")
+    if limit and limit < len(dataset):
+        dataset, _ = dataset.split(1 - limit / len(dataset), seed=config.seed)
     counts = ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items())
     print(f"data: {len(dataset)} images, {dataset.num_classes} classes ({counts})", file=sys.stderr)
-    pipeline = train(dataset, config, args.out, overwrite=True, progress=not args.no_progress)
-    print(f"wrote {args.out} in {pipeline.train_config['train_seconds']:.0f}s "
-          f"(try: latentflows sample {args.out} --class {dataset.class_names[-1]} -n 16 --out grid.png)")
+    try:
+        pipeline = train(dataset, config, run_dir, overwrite=not resume, resume=resume, data_spec=data,
+                         progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"latentflows: interrupted; the last completed epoch is saved: continue with "
+              f"latentflows train --resume {run_dir}", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(f"wrote {run_dir} in {pipeline.train_config['train_seconds']:.0f}s "
+          f"(try: latentflows sample {run_dir} --class {dataset.class_names[-1]} -n 16 --out grid.png)")
 
 
 def run_sample(args) -> None:

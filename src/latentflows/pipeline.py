@@ -7,6 +7,7 @@ loads itself as JSON config + safetensors (nothing is ever unpickled).
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -25,10 +26,12 @@ from .flows import ConditionalRealNVP
 from .layers import GaussianNoise
 from .losses import FlowNLL, Loss, MSELoss, parse_loss
 from .registry import deserialize, serialize
-from .storage import load_safetensors, read_json, save_safetensors, write_json
-from .training import Batches, EarlyStopping, JsonlLogger, Trainer, adam
+from .storage import load_safetensors, read_json, save_safetensors, write_json, write_text_atomically
+from .training import Batches, Checkpoint, EarlyStopping, JsonlLogger, Trainer, adam, read_checkpoint
 
 RUN_FORMAT = "latentflows-run"
+SETTINGS_FORMAT = "latentflows-run-settings"
+SETTINGS_FILE, CHECKPOINTS = "run.json", "checkpoints"
 WEIGHTS_FORMAT = "latentflows-weights"
 CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE = "config.json", "model.safetensors", "metrics.jsonl"
 
@@ -194,42 +197,103 @@ def flow_loss(model: ConditionalRealNVP | NoisyFlow, batch) -> dict[str, Tensor]
     return {"loss": nll, "bits_per_dim": nll.detach() / (embeddings.shape[1] * math.log(2))}
 
 
-def prepare_run_dir(run_dir: str | Path, overwrite: bool) -> Path:
+def prepare_run_dir(run_dir: str | Path, overwrite: bool, resume: bool = False) -> Path:
     """Create the run folder; refuse to touch a non-empty one unless ``overwrite``."""
     run_dir = Path(run_dir)
+    if resume:
+        if not (run_dir / SETTINGS_FILE).is_file():
+            raise ModelFileError(f"{run_dir}: nothing to resume (no {SETTINGS_FILE}); start it with --out")
+        return run_dir
     if run_dir.exists() and not run_dir.is_dir():
         raise RunExistsError(f"{run_dir} exists and is not a folder; choose another --out")
     if run_dir.is_dir() and any(run_dir.iterdir()):
         if not overwrite:
             raise RunExistsError(f"{run_dir} already exists and is not empty; choose another --out or pass --overwrite")
-        for name in (CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE):
+        for name in (CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, SETTINGS_FILE):
             (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "figures", ignore_errors=True)
+        for folder in ("figures", CHECKPOINTS):
+            shutil.rmtree(run_dir / folder, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
+def read_run_settings(run_dir: str | Path) -> dict:
+    """The settings a run started with (``run.json``): training config and data source."""
+    path = Path(run_dir) / SETTINGS_FILE
+    settings = read_json(path)
+    if settings.get("format") != SETTINGS_FORMAT:
+        raise ModelFileError(f"{path}: not a latentflows run settings file")
+    return settings
+
+
+def _truncate_metrics(path: Path, completed: dict[str, int]) -> None:
+    """Keep the metric lines of epochs that a checkpoint covers; drop the rest."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["epoch"] <= completed.get(json.loads(line)["stage"], 0)]
+    write_text_atomically(path, "".join(line + "\n" for line in kept))
+
+
+def _run_stage(trainer: Trainer, checkpoint: Path | None, batches: Batches, epochs: int, val_batches,
+               resume: bool) -> int:
+    """Fit one stage, first restoring its checkpoint when resuming; returns the epoch started at."""
+    start = 1
+    if resume and checkpoint is not None and checkpoint.exists():
+        tensors, metadata = read_checkpoint(checkpoint)
+        trainer.load_training_state(tensors, metadata, batches)
+        start = int(metadata["epoch"]) + 1
+    trainer.fit(batches, epochs, val_batches, start_epoch=start)
+    return start
+
+
 def train(dataset: ImageDataset, config: TrainConfig, run_dir: str | Path | None = None, *,
-          overwrite: bool = False, progress: bool = True, figures: bool = True) -> LatentFlowPipeline:
-    """Train autoencoder then flow on ``dataset``; with ``run_dir``, write the run folder."""
+          overwrite: bool = False, progress: bool = True, figures: bool = True, resume: bool = False,
+          data_spec: dict | None = None, checkpoint_every: int = 1) -> LatentFlowPipeline:
+    """Train autoencoder then flow on ``dataset``; with ``run_dir``, write the run folder.
+
+    With a run folder, each stage is checkpointed every ``checkpoint_every`` epochs and
+    ``resume=True`` continues an interrupted run from its last checkpoint, ending with the
+    same weights as an uninterrupted run. Checkpoints are removed once the run is complete.
+    """
     config.validate()
     if dataset.num_classes < 1:
         raise LatentflowsError("the data has no classes")
     if dataset.image_size != config.image_size:
         raise LatentflowsError(f"images are {dataset.image_size}px but the config expects {config.image_size}px")
-    run_dir = prepare_run_dir(run_dir, overwrite) if run_dir is not None else None
-    callbacks = [JsonlLogger(run_dir / METRICS_FILE)] if run_dir else []
+    checkpoints: Path | None = None
+    callbacks = []
+    if run_dir is not None:
+        run_dir = prepare_run_dir(run_dir, overwrite, resume)
+        checkpoints = run_dir / CHECKPOINTS
+        checkpoints.mkdir(exist_ok=True)
+        if resume:
+            completed = {}
+            for stage in ("autoencoder", "flow"):
+                if (checkpoints / f"{stage}.safetensors").exists():
+                    completed[stage] = int(read_checkpoint(checkpoints / f"{stage}.safetensors")[1]["epoch"])
+            _truncate_metrics(run_dir / METRICS_FILE, completed)
+        else:
+            write_json(run_dir / SETTINGS_FILE, {"format": SETTINGS_FORMAT, "train_config": config.as_dict(),
+                                                 "data": data_spec or {}})
+        callbacks = [JsonlLogger(run_dir / METRICS_FILE)]
     torch.manual_seed(config.seed)
     train_set, val_set = dataset.split(config.val_fraction, config.seed)
     started = time.perf_counter()
 
+    def stage_callbacks(stage: str, *extra) -> list:
+        saving = [Checkpoint(checkpoints / f"{stage}.safetensors", checkpoint_every)] if checkpoints else []
+        return callbacks + list(extra) + saving  # the checkpoint last: it records the others' state
+
     autoencoder = ConvAutoencoder(config.embedding_dim, config.width, config.image_size, config.fc_dim, config.dropout)
     optimizer = adam(autoencoder.parameters(), config.ae_lr, config.ae_weight_decay)
     ae_loss = parse_loss(config.ae_loss)
-    Trainer(autoencoder, optimizer, reconstruction_objective(ae_loss), stage="autoencoder", callbacks=callbacks,
-            progress=progress, grad_clip=config.grad_clip, compile=config.compile).fit(
-        Batches([train_set.images], config.ae_batch_size, shuffle=True, seed=config.seed, drop_last=True),
-        config.ae_epochs, Batches([val_set.images], 256))
+    trainer = Trainer(autoencoder, optimizer, reconstruction_objective(ae_loss), stage="autoencoder",
+                      callbacks=stage_callbacks("autoencoder"), progress=progress, grad_clip=config.grad_clip,
+                      compile=config.compile)
+    _run_stage(trainer, checkpoints and checkpoints / "autoencoder.safetensors",
+               Batches([train_set.images], config.ae_batch_size, shuffle=True, seed=config.seed, drop_last=True),
+               config.ae_epochs, Batches([val_set.images], 256), resume)
 
     # Standardize with the training embeddings' statistics, as the flow expects ~unit scale.
     pipeline = LatentFlowPipeline(autoencoder, None, torch.zeros(config.embedding_dim),
@@ -248,11 +312,13 @@ def train(dataset: ImageDataset, config: TrainConfig, run_dir: str | Path | None
     pipeline.ae_loss = ae_loss
     optimizer = adam(flow.parameters(), config.flow_lr, config.flow_weight_decay)
     early = [EarlyStopping("loss", config.flow_patience)] if config.flow_patience else []
-    Trainer(NoisyFlow(flow, config.flow_noise), optimizer, flow_loss, stage="flow", callbacks=callbacks + early,
-            progress=progress, grad_clip=config.grad_clip, compile=config.compile).fit(
-        Batches([train_embeddings, pipeline.one_hot(train_set.labels)], config.flow_batch_size,
-                shuffle=True, seed=config.seed + 1, drop_last=True),
-        config.flow_epochs, Batches([val_embeddings, pipeline.one_hot(val_set.labels)], 1024))
+    trainer = Trainer(NoisyFlow(flow, config.flow_noise), optimizer, flow_loss, stage="flow",
+                      callbacks=stage_callbacks("flow", *early), progress=progress, grad_clip=config.grad_clip,
+                      compile=config.compile)
+    _run_stage(trainer, checkpoints and checkpoints / "flow.safetensors",
+               Batches([train_embeddings, pipeline.one_hot(train_set.labels)], config.flow_batch_size,
+                       shuffle=True, seed=config.seed + 1, drop_last=True),
+               config.flow_epochs, Batches([val_embeddings, pipeline.one_hot(val_set.labels)], 1024), resume)
     if early:
         pipeline.train_config["flow_best_epoch"] = early[0].best_epoch
     pipeline.train_config["train_seconds"] = round(time.perf_counter() - started, 1)
@@ -260,6 +326,7 @@ def train(dataset: ImageDataset, config: TrainConfig, run_dir: str | Path | None
 
     if run_dir is not None:
         pipeline.save(run_dir)
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: model.safetensors has it all
         if figures:
             from .plots import write_run_figures
 

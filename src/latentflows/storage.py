@@ -40,6 +40,11 @@ def write_json(path, data) -> None:
         stream.write("\n")
 
 
+def write_text_atomically(path, text: str) -> None:
+    with atomic_write(path) as stream:
+        stream.write(text)
+
+
 def read_json(path) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -112,10 +112,12 @@ class JsonlLogger(Callback):
 
 
 class Checkpoint(Callback):
-    """Saves the model's weights and buffers every ``every`` epochs as safetensors.
+    """Saves the whole training state every ``every`` epochs, so training can resume.
 
-    Each write goes to a temporary file that is renamed into place, so a crash mid-write
-    leaves the previous checkpoint intact. The header records the stage and epoch.
+    The file (safetensors) holds the model's weights and buffers, the optimizer's state, the
+    random number generators' states and the callbacks' states; the header records stage and
+    epoch. Each write goes to a temporary file that is renamed into place, so a crash mid-write
+    leaves the previous checkpoint intact.
     """
 
     def __init__(self, path: str | Path, every: int = 1):
@@ -125,15 +127,24 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self, trainer, record):
         if record.epoch % self.every == 0:
-            save_safetensors(self.path, trainer.model.state_dict(), CHECKPOINT_FORMAT,
-                             {"stage": record.stage, "epoch": str(record.epoch)})
+            tensors, metadata = trainer.training_state()
+            save_safetensors(self.path, tensors, CHECKPOINT_FORMAT,
+                             {**metadata, "stage": record.stage, "epoch": str(record.epoch)})
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    return load_safetensors(path, CHECKPOINT_FORMAT)
 
 
 def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, str]:
-    """Load a ``Checkpoint`` file into ``model``; returns its header (stage, epoch)."""
-    tensors, metadata = load_safetensors(path, CHECKPOINT_FORMAT)
-    model.load_state_dict(tensors)
+    """Load the model weights of a ``Checkpoint`` file into ``model``; returns its header."""
+    tensors, metadata = read_checkpoint(path)
+    model.load_state_dict(_unprefix(tensors, "model."))
     return metadata
+
+
+def _unprefix(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 class EarlyStopping(Callback):
@@ -163,6 +174,15 @@ class EarlyStopping(Callback):
         if self.restore_best and self.best_state is not None:
             trainer.model.load_state_dict(self.best_state)
 
+    def state(self) -> tuple[dict[str, Tensor], dict[str, str]]:
+        tensors = {f"best.{k}": v for k, v in (self.best_state or {}).items()}
+        return tensors, {"best": repr(self.best), "best_epoch": str(self.best_epoch)}
+
+    def load_state(self, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+        self.best, self.best_epoch = float(metadata["best"]), int(metadata["best_epoch"])
+        best = _unprefix(tensors, "best.")
+        self.best_state = best or None
+
 
 class Trainer:
     """The loop: batches -> loss + auxiliary losses + regularization -> step -> metrics.
@@ -186,6 +206,7 @@ class Trainer:
         self.grad_clip, self.refresh_every = grad_clip, refresh_every
         self.max_nonfinite = max_nonfinite
         self.nonfinite_in_a_row = 0
+        self.train_batches = None
         self.history: list[EpochRecord] = []
         self.stop_training = False
         self._step = torch.compile(self._optimize) if compile else self._optimize
@@ -247,10 +268,60 @@ class Trainer:
                     metric.update(*metric_inputs)
         return _results(means, metrics)
 
-    def fit(self, train_batches, epochs: int, val_batches=None) -> list[EpochRecord]:
+    def training_state(self) -> tuple[dict[str, Tensor], dict[str, str]]:
+        """Everything needed to continue bit-identically: tensors and string metadata."""
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        optimizer = self.optimizer.state_dict()
+        for index, values in optimizer["state"].items():
+            for name, value in values.items():
+                tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value)
+        tensors["rng.torch"] = torch.get_rng_state()
+        generator = getattr(self.train_batches, "generator", None)
+        if generator is not None:
+            tensors["rng.batches"] = generator.get_state()
+        metadata = {"param_groups": json.dumps(optimizer["param_groups"]),
+                    "nonfinite_in_a_row": str(self.nonfinite_in_a_row), "stop_training": str(self.stop_training)}
+        for i, callback in enumerate(self.callbacks):
+            if hasattr(callback, "state"):
+                extra, extra_metadata = callback.state()
+                tensors.update({f"callback{i}.{k}": v for k, v in extra.items()})
+                metadata.update({f"callback{i}.{k}": v for k, v in extra_metadata.items()})
+        return tensors, metadata
+
+    def load_training_state(self, tensors: dict[str, Tensor], metadata: dict[str, str], train_batches=None) -> None:
+        """Restore what ``training_state`` saved (call before ``fit(..., start_epoch=...)``)."""
+        self.model.load_state_dict(_unprefix(tensors, "model."))
+        state: dict[int, dict[str, Tensor]] = {}
+        for key, value in _unprefix(tensors, "optimizer.").items():
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+        self.optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+        for parameter, values in self.optimizer.state.items():
+            for name, value in values.items():
+                if torch.is_tensor(value) and value.shape == parameter.shape:
+                    # saved contiguous; give it the parameter's strides (channels-last convolutions),
+                    # which the fused optimizer kernels assume
+                    values[name] = torch.empty_like(parameter).copy_(value)
+        torch.set_rng_state(tensors["rng.torch"])
+        generator = getattr(train_batches, "generator", None)
+        if generator is not None and "rng.batches" in tensors:
+            generator.set_state(tensors["rng.batches"])
+        self.nonfinite_in_a_row = int(metadata.get("nonfinite_in_a_row", 0))
+        self.stop_training = metadata.get("stop_training") == "True"
+        for i, callback in enumerate(self.callbacks):
+            if hasattr(callback, "load_state"):
+                prefix = f"callback{i}."
+                callback.load_state(_unprefix(tensors, prefix),
+                                    {k[len(prefix):]: v for k, v in metadata.items() if k.startswith(prefix)})
+
+    def fit(self, train_batches, epochs: int, val_batches=None, start_epoch: int = 1) -> list[EpochRecord]:
+        """Train epochs ``start_epoch`` .. ``epochs`` (``start_epoch`` > 1 after a resume)."""
         from tqdm.auto import tqdm
 
-        for epoch in range(1, epochs + 1):
+        self.train_batches = train_batches
+        for epoch in range(start_epoch, epochs + 1):
+            if self.stop_training:  # e.g. early stopping had fired before an interruption
+                break
             self.model.train()
             started = time.perf_counter()
             means: dict[str, MeanMetric] = {}
