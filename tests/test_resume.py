@@ -93,3 +93,48 @@ def test_sigkill_mid_training_then_resume_gives_the_same_weights(tmp_path, share
     resumed = subprocess.run(cli("--resume", str(run)), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_weights(weights(run), weights(full))
+
+
+def test_ctrl_c_exits_cleanly_and_the_run_resumes(tmp_path, shared_parquet):
+    settings = ["--data", str(shared_parquet), "--limit", "600", "--width", "8", "--embedding-dim", "32",
+                "--ae-epochs", "4", "--couplings", "2", "--hidden", "32", "--flow-epochs", "2"]
+    run = tmp_path / "run"
+    process = subprocess.Popen(cli(*settings, "--out", str(run)), env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = run / "checkpoints" / "autoencoder.safetensors"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "latentflows train --resume" in err and "Traceback" not in err
+    assert checkpoint.exists()
+    resumed = subprocess.run(cli("--resume", str(run)), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert lf.load(run).class_names == ["cat", "dog"]
+
+
+def test_files_from_a_newer_version_are_refused_with_a_clear_error(tmp_path, small_pets, tiny_config):
+    run = tmp_path / "run"
+    lf.train(small_pets, replace(tiny_config, ae_epochs=1, flow_epochs=1), run, progress=False, figures=False)
+    config = json.loads((run / "config.json").read_text())
+    config["format_version"] = 99
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(lf.ModelFileError, match="config.json: written by a newer latentflows"):
+        lf.load(run)
+
+
+@pytest.mark.parametrize("preset", ["seed", "quick"])
+def test_flow_of_each_preset_stays_finite_at_learning_rate_1e3(small_pets, tiny_config, preset, tmp_path):
+    """The presets' flows (12 couplings, [256, 256]) on real embeddings at lr 1e-3: no NaN, no skipped step."""
+    flow_settings = {k: getattr(lf.PRESETS[preset], k) for k in
+                     ("couplings", "hidden", "batch_norm", "permute", "mask", "shared_network", "flow_batch_size",
+                      "flow_noise", "scale_fn")}
+    config = replace(tiny_config, embedding_dim=256, ae_epochs=1, flow_epochs=3, flow_lr=1e-3, **flow_settings)
+    pipeline = lf.train(small_pets, config, tmp_path / "run", progress=False, figures=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows].count("flow") == 3
+    assert not any("skipped_steps" in r for r in rows)
+    assert all(torch.isfinite(p).all() for p in pipeline.flow.parameters())
+    assert torch.isfinite(pipeline.log_prob(small_pets.images[:64], small_pets.labels[:64])).all()

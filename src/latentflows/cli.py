@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace the run files in an existing --out folder")
     train.add_argument("--limit", type=_positive_int, help="use only this many images (a stratified subset), for trials")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="EPOCHS",
+                       help="save a resumable checkpoint every this many epochs (default 1)")
     train.add_argument("--compile", action="store_true", default=None, help="torch.compile the training steps")
     for option, (_, kind, help_text) in TRAIN_OPTIONS.items():
         train.add_argument(option, type=kind, help=help_text)
@@ -196,7 +198,7 @@ def _train_on(dataset, config: TrainConfig, run_dir: Path, data: dict, args, res
     print(f"data: {len(dataset)} images, {dataset.num_classes} classes ({counts})", file=sys.stderr)
     try:
         pipeline = train(dataset, config, run_dir, overwrite=not resume, resume=resume, data_spec=data,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
     except KeyboardInterrupt:
         print(f"latentflows: interrupted; the last completed epoch is saved: continue with "
               f"latentflows train --resume {run_dir}", file=sys.stderr)
