@@ -115,3 +115,13 @@ def test_early_stopping_keeps_the_best_validation_weights():
     history = trainer.fit(Batches([x, y], 16, shuffle=True), 200, Batches([val_x, val_y], 64))
     assert len(history) < 200 and len(history) == stopper.best_epoch + 3
     assert trainer.evaluate(Batches([val_x, val_y], 64))["loss"] == pytest.approx(stopper.best)
+
+
+def test_run_files_get_the_usual_permissions(trained):
+    import os
+
+    _, run = trained
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "model.safetensors", "run.json", "metrics.jsonl"):
+        assert (run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

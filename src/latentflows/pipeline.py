@@ -230,9 +230,12 @@ def _truncate_metrics(path: Path, completed: dict[str, int]) -> None:
     """Keep the metric lines of epochs that a checkpoint covers; drop the rest."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["epoch"] <= completed.get(json.loads(line)["stage"], 0)]
-    write_text_atomically(path, "".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text().splitlines():
+        row = json.loads(line) if line.strip() else None
+        if row is not None and row["epoch"] <= completed.get(row["stage"], 0):
+            kept.append(line + "\n")
+    write_text_atomically(path, "".join(kept))
 
 
 def _run_stage(trainer: Trainer, checkpoint: Path | None, batches: Batches, epochs: int, val_batches,

@@ -17,6 +17,13 @@ from .errors import ModelFileError
 FORMAT_VERSION = 1
 
 
+def _default_mode() -> int:
+    """What open() would give a new file: 0o666 less the umask (mkstemp uses 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w"):
     """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
@@ -28,6 +35,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w"):
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, _default_mode())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -68,6 +76,7 @@ def save_safetensors(path, tensors: dict[str, torch.Tensor], format_name: str, m
     os.close(handle)
     try:  # safetensors writes by path: write a temporary file, then rename it into place
         save_file(tensors, temporary, metadata=header)
+        os.chmod(temporary, _default_mode())
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
