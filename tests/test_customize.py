@@ -15,7 +15,7 @@ from latentflows.layers import (L1, L2, AddsLosses, Dense, GaussianNoise, Lambda
                                 SumProductRatio, apply_constraints, regularization_loss)
 from latentflows.losses import FlowNLL, HuberLoss, MSELoss, parse_loss
 from latentflows.metrics import BitsPerDim, HuberMetric, MeanMetric, Precision
-from latentflows.registry import get_registered, register
+from latentflows.registry import register
 from latentflows.saving import load_model, save_model
 from latentflows.training import Batches, Callback, Trainer, adam, supervised
 
@@ -174,7 +174,7 @@ def test_coupling_network_hooks_residual_and_custom_activation():
 def test_flow_noise_huber_and_softplus_options_train(small_pets, tiny_config, tmp_path):
     from dataclasses import replace
 
-    pipeline = lf.train(small_pets, replace(tiny_config, flow_noise=0.1, ae_loss="huber:2.0", scale_fn="softplus"),
+    lf.train(small_pets, replace(tiny_config, flow_noise=0.1, ae_loss="huber:2.0", scale_fn="softplus"),
                         tmp_path / "run", progress=False, figures=False)
     loaded = lf.load(tmp_path / "run")
     assert loaded.ae_loss.threshold == 2.0  # the loss's hyperparameter came back with the model

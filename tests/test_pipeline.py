@@ -125,3 +125,17 @@ def test_run_files_get_the_usual_permissions(trained):
     os.umask(umask)
     for name in ("config.json", "model.safetensors", "run.json", "metrics.jsonl"):
         assert (run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_weights_that_do_not_fit_the_config_name_the_keys(trained, tmp_path):
+    import json
+    import shutil
+
+    _, run = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["flow"]["config"]["couplings"] += 1
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match=r"model.safetensors: weights do not match.*missing: flow.transform"):
+        lf.load(copy)

@@ -156,7 +156,7 @@ def run_cache(args) -> None:
 def run_train(args) -> None:
     from .data import load_images
     from .losses import parse_loss
-    from .pipeline import prepare_run_dir, read_run_settings, train
+    from .pipeline import prepare_run_dir, read_run_settings
 
     if args.resume is not None:
         prepare_run_dir(args.resume, overwrite=False, resume=True)
@@ -197,7 +197,8 @@ def _train_on(dataset, config: TrainConfig, run_dir: Path, data: dict, args, res
     counts = ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items())
     print(f"data: {len(dataset)} images, {dataset.num_classes} classes ({counts})", file=sys.stderr)
     try:
-        pipeline = train(dataset, config, run_dir, overwrite=not resume, resume=resume, data_spec=data,
+        pipeline = train(dataset, config, run_dir, overwrite=getattr(args, "overwrite", False), resume=resume,
+                         data_spec=data,
                          progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
     except KeyboardInterrupt:
         print(f"latentflows: interrupted; the last completed epoch is saved: continue with "

@@ -26,7 +26,7 @@ from .flows import ConditionalRealNVP
 from .layers import GaussianNoise
 from .losses import FlowNLL, Loss, MSELoss, parse_loss
 from .registry import deserialize, serialize
-from .storage import load_safetensors, read_json, save_safetensors, write_json, write_text_atomically
+from .storage import load_weights_into, read_json, save_safetensors, write_json, write_text_atomically
 from .training import Batches, Checkpoint, EarlyStopping, JsonlLogger, Trainer, adam, read_checkpoint
 
 RUN_FORMAT = "latentflows-run"
@@ -142,16 +142,7 @@ class LatentFlowPipeline(nn.Module):
             raise ModelFileError(f"{config_path}: incomplete or incompatible config ({error})") from None
         dim = autoencoder.embedding_dim
         pipeline = cls(autoencoder, flow, torch.zeros(dim), torch.ones(dim), class_names, config.get("train_config"))
-        tensors, _ = load_safetensors(run_dir / WEIGHTS_FILE, WEIGHTS_FORMAT)
-        expected = pipeline.state_dict()
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
-        if missing or unexpected or wrong:
-            detail = "; ".join(f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                               for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
-            raise ModelFileError(f"{run_dir / WEIGHTS_FILE}: weights do not match {CONFIG_FILE} ({detail})")
-        pipeline.load_state_dict(tensors)
+        load_weights_into(pipeline, run_dir / WEIGHTS_FILE, WEIGHTS_FORMAT)
         if "autoencoder_loss" in config:
             pipeline.ae_loss = deserialize(config["autoencoder_loss"])
         return pipeline.eval()

@@ -13,7 +13,7 @@ from torch import nn
 
 from .errors import ModelFileError
 from .registry import deserialize, serialize
-from .storage import load_safetensors, read_json, save_safetensors, write_json
+from .storage import load_weights_into, read_json, save_safetensors, write_json
 
 MODEL_FORMAT = "latentflows-model"
 
@@ -36,10 +36,6 @@ def load_model(directory: str | Path) -> tuple[nn.Module, dict]:
     if config.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"{directory / 'model.json'}: not a latentflows model file")
     model = deserialize(config["model"])
-    tensors, _ = load_safetensors(directory / "weights.safetensors", MODEL_FORMAT)
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as error:
-        raise ModelFileError(f"{directory / 'weights.safetensors'}: weights do not fit the model ({error})") from None
+    load_weights_into(model, directory / "weights.safetensors", MODEL_FORMAT)
     components = {name: deserialize(spec) for name, spec in config.get("components", {}).items()}
     return model, components

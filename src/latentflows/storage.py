@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from torch.nn.parameter import is_lazy
 from safetensors.torch import save_file
 
 from .errors import ModelFileError
@@ -101,3 +102,20 @@ def load_safetensors(path, expected_format: str) -> tuple[dict[str, torch.Tensor
     except Exception as error:
         raise ModelFileError(f"{path}: unreadable safetensors file, truncated or not ours ({error})") from None
     return tensors, metadata
+
+
+def load_weights_into(module, path, expected_format: str) -> dict[str, str]:
+    """Load tagged safetensors into ``module`` strictly; a mismatch names the keys. Returns the header."""
+    tensors, metadata = load_safetensors(path, expected_format)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [k for k, v in expected.items()  # lazy parameters take their shape from the file
+             if k in tensors and not is_lazy(v) and tensors[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                           for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                              ("wrong shape", wrong)) if keys)
+        raise ModelFileError(f"{path}: weights do not match the model's config ({detail})")
+    module.load_state_dict(tensors)
+    return metadata

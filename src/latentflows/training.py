@@ -209,7 +209,7 @@ class Trainer:
         self.train_batches = None
         self.history: list[EpochRecord] = []
         self.stop_training = False
-        self._step = torch.compile(self._optimize) if compile else self._optimize
+        self._step = torch.compile(self._forward_backward) if compile else self._forward_backward
 
     def compute_loss(self, batch: tuple[Tensor, ...]) -> tuple[dict[str, Tensor], tuple | None]:
         """All losses of one batch (``"loss"`` is the total to optimize) and the metric inputs."""
@@ -225,7 +225,7 @@ class Trainer:
             output.update(extra)
         return output, metric_inputs
 
-    def _optimize(self, batch):
+    def _forward_backward(self, batch):
         losses, metric_inputs = self.compute_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -336,7 +336,7 @@ class Trainer:
                     skipped += 1
                     continue
                 _accumulate(means, losses, len(batch[0]))
-                if self.progress and step % self.refresh_every == 0:  # the only host syncs
+                if self.progress and step % self.refresh_every == 0:  # loss values read only here
                     bar.set_postfix({k: f"{v:.4f}" for k, v in _results(means, self.metrics).items()})
             bar.close()
             train = _results(means, self.metrics)
