@@ -21,6 +21,18 @@ def isolated_cache(tmp_path_factory):
         os.environ["LATENTFLOWS_CACHE"] = previous
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_downloads():
+    """Tests never reach the network (the FID weights download is tested with a stand-in)."""
+    previous = os.environ.get("LATENTFLOWS_NO_DOWNLOAD")
+    os.environ["LATENTFLOWS_NO_DOWNLOAD"] = "1"
+    yield
+    if previous is None:
+        os.environ.pop("LATENTFLOWS_NO_DOWNLOAD", None)
+    else:
+        os.environ["LATENTFLOWS_NO_DOWNLOAD"] = previous
+
+
 @pytest.fixture(scope="session")
 def shared_parquet():
     if not SHARED_PARQUET.is_file():

@@ -1,4 +1,4 @@
-"""Command line: ``latentflows train | sample | info``.
+"""Command line: ``latentflows train | sample | evaluate | compare | interpolate | info | cache``.
 
 Every user error (bad option, missing file, unknown class) ends with one line on stderr
 and exit code 2; nothing existing is overwritten without ``--overwrite``.
@@ -133,6 +133,37 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--npy", type=Path, help="also write the uint8 images (n, 64, 64, 3) as .npy")
     sample.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
+    evaluate = commands.add_parser("evaluate", help="measure a trained run on its validation split, write eval.json")
+    evaluate.add_argument("run", type=Path)
+    evaluate.add_argument("--data", help="data source, when the one in the run's run.json has moved")
+    evaluate.add_argument("--samples", type=_positive_int, metavar="N",
+                          help="generated images per class (default: as many as the class has validation images)")
+    evaluate.add_argument("--seed", type=_int, default=0, help="seed for the generated images (default 0)")
+    evaluate.add_argument("--temperature", type=_positive_float, default=1.0, help="scale of the base noise")
+    evaluate.add_argument("--fid-weights", type=Path, metavar="PATH",
+                          help="Inception weights for FID/KID (.safetensors, or torch-fidelity's .pth); "
+                               "default: the cached copy, else a download")
+    evaluate.add_argument("--no-fid", action="store_true", help="skip FID and KID")
+    evaluate.add_argument("--no-download", action="store_true", help="never download the Inception weights")
+    evaluate.add_argument("--classifier-epochs", type=_positive_int, default=12,
+                          help="epochs for the judge classifier, when the run has none yet (default 12)")
+    evaluate.add_argument("--out", type=Path, help="report to write (default RUN/eval.json)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress messages")
+
+    compare = commands.add_parser("compare", help="the figures of evaluated runs side by side")
+    compare.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders (with eval.json) or reports")
+
+    interpolate = commands.add_parser("interpolate", help="decode a walk between two classes through the base space")
+    interpolate.add_argument("run", type=Path)
+    interpolate.add_argument("--from", dest="start", required=True, help="class at the left end, e.g. cat")
+    interpolate.add_argument("--to", dest="end", required=True, help="class at the right end, e.g. dog")
+    interpolate.add_argument("--steps", type=_positive_int, default=10, help="images per row (default 10)")
+    interpolate.add_argument("--seed", type=_int, default=0, help="picks the two end points (default 0)")
+    interpolate.add_argument("--temperature", type=_positive_float, default=1.0, help="scale of the end points")
+    interpolate.add_argument("--out", type=Path, required=True, help="PNG to write (rows: linear, spherical)")
+    interpolate.add_argument("--overwrite", action="store_true", help="replace an existing file")
+
     info = commands.add_parser("info", help="describe a trained run")
     info.add_argument("run", type=Path)
 
@@ -156,17 +187,15 @@ def run_cache(args) -> None:
 def run_train(args) -> None:
     from .data import load_images
     from .losses import parse_loss
-    from .pipeline import prepare_run_dir, read_run_settings
+    from .pipeline import apply_limit, prepare_run_dir, read_run_settings, run_dataset
 
     if args.resume is not None:
         prepare_run_dir(args.resume, overwrite=False, resume=True)
         settings = read_run_settings(args.resume)
         config, data = TrainConfig.from_dict(settings["train_config"]), settings["data"]
         print(f"resuming {args.resume} (settings and data from its run.json)", file=sys.stderr)
-        _train_on(load_images(data.get("source"), label_field=data.get("label_field"),
-                              image_field=data.get("image_field", "image"), image_size=config.image_size,
-                              progress=not args.no_progress),
-                  config, args.resume, data, args, resume=True)
+        _train_on(run_dataset(args.resume, progress=not args.no_progress), config, args.resume, data, args,
+                  resume=True)
         return
     config = PRESETS[args.preset]
     for option, (name, _, _) in TRAIN_OPTIONS.items():
@@ -185,15 +214,12 @@ def run_train(args) -> None:
                           image_size=config.image_size, progress=not args.no_progress)
     data = {"source": str(Path(args.data).resolve()) if args.data and Path(args.data).exists() else args.data,
             "label_field": args.label_field, "image_field": args.image_field, "limit": args.limit}
-    _train_on(dataset, config, args.out, data, args, resume=False)
+    _train_on(apply_limit(dataset, args.limit, config.seed), config, args.out, data, args, resume=False)
 
 
 def _train_on(dataset, config: TrainConfig, run_dir: Path, data: dict, args, resume: bool) -> None:
     from .pipeline import train
 
-    limit = data.get("limit")
-    if limit and limit < len(dataset):
-        dataset, _ = dataset.split(1 - limit / len(dataset), seed=config.seed)
     counts = ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items())
     print(f"data: {len(dataset)} images, {dataset.num_classes} classes ({counts})", file=sys.stderr)
     try:
@@ -214,11 +240,9 @@ def run_sample(args) -> None:
     from .pipeline import load
     from .plots import image_grid
 
-    for path in (args.out, args.npy):
-        if path is not None and path.exists() and not args.overwrite:
-            raise LatentflowsError(f"{path} already exists; choose another name or pass --overwrite")
-    if args.out.suffix.lower() != ".png":
-        raise LatentflowsError(f"--out must end in .png, got {args.out}")
+    _check_png_target(args.out, args.overwrite)
+    if args.npy is not None and args.npy.exists() and not args.overwrite:
+        raise LatentflowsError(f"{args.npy} already exists; choose another name or pass --overwrite")
     pipeline = load(args.run)
     samples = pipeline.generate(args.label, args.n, args.temperature, args.seed)
     columns = min(8, args.n)
@@ -229,6 +253,46 @@ def run_sample(args) -> None:
         np.save(args.npy, samples.images.permute(0, 2, 3, 1).numpy())
     print(f"wrote {args.n} {samples.label} image(s) to {args.out}"
           f" (log-density {samples.log_prob[0]:.1f} .. {samples.log_prob[-1]:.1f} nats)")
+
+
+def run_evaluate(args) -> None:
+    from .evaluation import evaluate_run, format_report
+
+    report = evaluate_run(args.run, source=args.data, out=args.out, overwrite=args.overwrite,
+                          fid_weights=args.fid_weights, fid=not args.no_fid, download=not args.no_download,
+                          samples_per_class=args.samples, seed=args.seed, temperature=args.temperature,
+                          classifier_epochs=args.classifier_epochs, progress=not args.no_progress)
+    print(format_report(report))
+    print(f"wrote {args.out or args.run / 'eval.json'} in {report['seconds']:.0f}s")
+
+
+def run_compare(args) -> None:
+    from .evaluation import compare, read_report
+
+    print(compare([read_report(path) for path in args.runs], [path.name or str(path) for path in args.runs]))
+
+
+def run_interpolate(args) -> None:
+    from .interpolation import interpolate
+    from .pipeline import load
+    from .plots import interpolation_strip
+
+    _check_png_target(args.out, args.overwrite)
+    if args.steps < 2:
+        raise LatentflowsError(f"--steps must be at least 2, got {args.steps}")
+    pipeline = load(args.run)
+    rows = interpolate(pipeline, args.start, args.end, args.steps, args.seed, args.temperature)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    start, end = (pipeline.class_names[pipeline.class_index(label)] for label in (args.start, args.end))
+    interpolation_strip(rows, start, end, args.out)
+    print(f"wrote {args.out}: {args.steps} steps from {start} to {end}, linear and spherical")
+
+
+def _check_png_target(path: Path, overwrite: bool) -> None:
+    if path.suffix.lower() != ".png":
+        raise LatentflowsError(f"--out must end in .png, got {path}")
+    if path.exists() and not overwrite:
+        raise LatentflowsError(f"{path} already exists; choose another name or pass --overwrite")
 
 
 def run_info(args) -> None:
@@ -255,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        {"train": run_train, "sample": run_sample, "info": run_info, "cache": run_cache}[args.command](args)
+        {"train": run_train, "sample": run_sample, "evaluate": run_evaluate, "compare": run_compare,
+         "interpolate": run_interpolate, "info": run_info, "cache": run_cache}[args.command](args)
     except LatentflowsError as error:
         print(f"latentflows: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -217,6 +217,34 @@ def read_run_settings(run_dir: str | Path) -> dict:
     return settings
 
 
+def apply_limit(dataset: ImageDataset, limit: int | None, seed: int) -> ImageDataset:
+    """A stratified subset of ``limit`` images (``--limit``), the same one for the same seed."""
+    if limit and limit < len(dataset):
+        dataset, _ = dataset.split(1 - limit / len(dataset), seed=seed)
+    return dataset
+
+
+def run_dataset(run_dir: str | Path, source: str | None = None, *, progress: bool = True) -> ImageDataset:
+    """The images a run was trained on, as its ``run.json`` records them (``--limit`` applied).
+
+    ``source`` replaces the recorded data source (e.g. a parquet file that has moved).
+    """
+    from .data import load_images
+
+    run_dir = Path(run_dir)
+    if not (run_dir / SETTINGS_FILE).is_file():
+        if source is None:
+            raise ModelFileError(f"{run_dir}: no {SETTINGS_FILE} says which data it was trained on; pass --data")
+        settings = {"train_config": read_json(run_dir / CONFIG_FILE).get("train_config", {}), "data": {}}
+    else:
+        settings = read_run_settings(run_dir)
+    config, data = TrainConfig.from_dict(settings["train_config"]), settings["data"]
+    dataset = load_images(source if source is not None else data.get("source"), label_field=data.get("label_field"),
+                          image_field=data.get("image_field") or "image", image_size=config.image_size,
+                          progress=progress)
+    return apply_limit(dataset, data.get("limit"), config.seed)
+
+
 def _truncate_metrics(path: Path, completed: dict[str, int]) -> None:
     """Keep the metric lines of epochs that a checkpoint covers; drop the rest."""
     if not path.exists():

@@ -104,3 +104,48 @@ def write_run_figures(pipeline, run_dir: Path, val_set, seed: int = 0, n: int = 
     reconstruction_grid(originals, pipeline.reconstruct(originals), names, figures / "reconstructions.png")
     samples = [pipeline.generate(name, n, seed=seed + k) for k, name in enumerate(pipeline.class_names[:10])]
     sample_grid(samples, figures / "samples.png")
+
+
+def nearest_neighbour_grid(rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]], path: Path) -> None:
+    """Per class, generated images (top) over their nearest training images (bottom).
+
+    ``rows`` holds (label, samples, neighbours, distances); the pixel distance is shown
+    above each pair, so a copied training image stands out as a near-zero number.
+    """
+    columns = max(len(r[1]) for r in rows)
+    figure, axes = plt.subplots(2 * len(rows), columns, figsize=(1.5 * columns, 3.3 * len(rows)), squeeze=False)
+    for r, (label, samples, neighbours, distances) in enumerate(rows):
+        for c in range(columns):
+            for k, images in enumerate((samples, neighbours)):
+                axis = axes[2 * r + k, c]
+                axis.set_xticks([])
+                axis.set_yticks([])
+                if c < len(images):
+                    axis.imshow(_hwc(images[c]))
+            if c < len(distances):
+                axes[2 * r, c].set_title(f"{distances[c]:.3f}", fontsize=8)
+        axes[2 * r, 0].set_ylabel(f"{label}\ngenerated", fontsize=10)
+        axes[2 * r + 1, 0].set_ylabel("nearest\ntraining", fontsize=10)
+    figure.suptitle("Generated images closest to a training image (pixel RMS distance above)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def interpolation_strip(rows: dict[str, torch.Tensor], start: str, end: str, path: Path) -> None:
+    """One row per interpolation mode, from ``start`` (left) to ``end`` (right)."""
+    columns = max(len(images) for images in rows.values())
+    figure, axes = plt.subplots(len(rows), columns, figsize=(1.5 * columns, 1.7 * len(rows)), squeeze=False)
+    for r, (mode, images) in enumerate(rows.items()):
+        for c in range(columns):
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if c < len(images):
+                axes[r, c].imshow(_hwc(images[c]))
+        axes[r, 0].set_ylabel(mode, fontsize=10)
+    axes[0, 0].set_title(start, fontsize=10)
+    axes[0, columns - 1].set_title(end, fontsize=10)
+    figure.suptitle(f"From {start} to {end} through the flow's base space")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

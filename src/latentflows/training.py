@@ -100,6 +100,16 @@ class Callback:
         pass
 
 
+class StepSchedule(Callback):
+    """Step an epoch-based learning-rate scheduler (torch.optim.lr_scheduler) after each epoch."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def on_epoch_end(self, trainer, record):
+        self.scheduler.step()
+
+
 class JsonlLogger(Callback):
     """Appends one JSON line per epoch (losses, seconds) to a file."""
 

@@ -1,0 +1,99 @@
+"""A small CNN that tells the classes apart, the judge of conditional fidelity.
+
+Trained on the run's real training images only, it is saved in the run folder
+(``RUN/classifier/``) so that every evaluation of a run is judged by the same classifier.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..autoencoder import to_signed_unit
+from ..data import ImageDataset
+from ..registry import Configurable, register
+from ..training import Batches, StepSchedule, Trainer, adam
+
+
+@register
+class ImageClassifier(nn.Module, Configurable):
+    """Four stride-2 conv stages (each conv-BN-ReLU twice), global average pool, linear."""
+
+    def __init__(self, num_classes: int, width: int = 32, dropout: float = 0.3):
+        super().__init__()
+        self.num_classes, self.width, self.dropout = num_classes, width, dropout
+        layers, channels = [], 3
+        for multiple in (1, 2, 4, 8):
+            out = width * multiple
+            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(),
+                       nn.Conv2d(out, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """uint8 or [-1, 1] float images -> class logits."""
+        if images.dtype == torch.uint8:
+            images = to_signed_unit(images)
+        return self.head(self.features(images.contiguous(memory_format=torch.channels_last)).mean((2, 3)))
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, batch_size: int = 512) -> Tensor:
+        self.eval()
+        return torch.cat([self(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+
+    def get_config(self):
+        return {"num_classes": self.num_classes, "width": self.width, "dropout": self.dropout}
+
+
+def _classification_loss(model: ImageClassifier, batch) -> dict[str, Tensor]:
+    images, labels = batch
+    if model.training:  # mirror half the batch: cats and dogs look the same either way round
+        flip = torch.rand(len(images)) < 0.5
+        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+    logits = model(images)
+    return {"loss": F.cross_entropy(logits, labels),
+            "accuracy": (logits.argmax(1) == labels).float().mean().detach()}
+
+
+def train_classifier(train_set: ImageDataset, val_set: ImageDataset | None = None, *, epochs: int = 15,
+                     batch_size: int = 64, lr: float = 1e-3, width: int = 32, seed: int = 0,
+                     progress: bool = True) -> tuple[ImageClassifier, list[dict]]:
+    """Fit a classifier on ``train_set`` for a fixed number of epochs (no early stopping on
+    ``val_set``, so its validation accuracy stays an unbiased estimate)."""
+    torch.manual_seed(seed)
+    model = ImageClassifier(train_set.num_classes, width)
+    optimizer = adam(model.parameters(), lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)  # a calm last epoch
+    trainer = Trainer(model, optimizer, _classification_loss, stage="classifier", progress=progress,
+                      callbacks=[StepSchedule(schedule)])
+    val = Batches([val_set.images, val_set.labels], 512) if val_set is not None and len(val_set) else None
+    train_batches = Batches([train_set.images, train_set.labels], batch_size, shuffle=True, seed=seed, drop_last=True)
+    history = trainer.fit(train_batches, epochs, val)
+    recalibrate_batch_norm(model, train_set.images)
+    if val is not None:
+        history[-1].val = trainer.evaluate(val)  # with the recalibrated statistics
+    model.eval()
+    return model, [record.as_dict() for record in history]
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, images: Tensor, batch_size: int = 256) -> None:
+    """Replace batch norm's running statistics with exact averages over ``images`` under the
+    final weights. The running averages lag behind the weights, which in short trainings
+    leaves eval-mode predictions far worse than training-mode ones."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches below
+    model.train()
+    for i in range(0, len(images), batch_size):
+        model(images[i : i + batch_size])
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.eval()

@@ -1,0 +1,112 @@
+"""The figures of an evaluation, each a plain function of tensors (easy to test and reuse).
+
+Pixel distances are root-mean-square differences per pixel with values in [0, 1], so
+0 means identical images and 1 means black against white everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.image.fid import FrechetInceptionDistance  # module paths: the package only
+from torchmetrics.image.kid import KernelInceptionDistance  # exports them with torch-fidelity
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from ..autoencoder import to_signed_unit
+
+
+@torch.no_grad()
+def reconstruction_quality(originals: Tensor, reconstructions: Tensor, batch_size: int = 256) -> dict[str, float]:
+    """MSE on the [-1, 1] scale the autoencoder trains on; PSNR (dB, mean over images) and
+    SSIM on [0, 1] pixels."""
+    psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))  # per image, then averaged
+    ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+    squared, count = 0.0, 0
+    for i in range(0, len(originals), batch_size):
+        real, fake = originals[i : i + batch_size], reconstructions[i : i + batch_size]
+        squared += float((to_signed_unit(real) - to_signed_unit(fake)).square().sum())
+        count += real.numel()
+        psnr.update(fake.float() / 255, real.float() / 255)
+        ssim.update(fake.float() / 255, real.float() / 255)
+    return {"mse": squared / count, "psnr_db": float(psnr.compute()), "ssim": float(ssim.compute())}
+
+
+def nll_summary(log_prob: Tensor, dim: int) -> dict[str, float]:
+    """Mean negative log-likelihood in nats per dimension and bits per dimension."""
+    nats = float(-log_prob.double().mean()) / dim
+    return {"nats_per_dim": nats, "bits_per_dim": nats / math.log(2), "count": len(log_prob)}
+
+
+class _Given(nn.Module):
+    """Passes precomputed features to torchmetrics, so each image is embedded only once."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+def feature_distances(real: Tensor, fake: Tensor, kid_subsets: int = 100, seed: int = 0) -> dict[str, float]:
+    """FID and KID (mean and std over subsets) between two sets of image features.
+
+    KID's seeded random subsets hold half the smaller set (at most 1000 images), so that its
+    std shows the sampling spread. FID is biased upwards at small n: compare runs only at
+    the same n.
+    """
+    if len(real) < 4 or len(fake) < 4:
+        raise ValueError("FID and KID need at least 4 real and 4 generated images")
+    real, fake = real.double(), fake.double()
+    fid = FrechetInceptionDistance(feature=_Given(real.shape[1]))
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    with warnings.catch_warnings():  # "KID keeps all features in memory": they are ours already
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=kid_subsets,
+                                      subset_size=min(1000, len(real) // 2, len(fake) // 2))
+    kid.update(real, real=True)
+    kid.update(fake, real=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        kid_mean, kid_std = kid.compute()
+    return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
+
+
+def _flat(images: Tensor) -> Tensor:
+    return images.reshape(len(images), -1).float() / 255
+
+
+@torch.no_grad()
+def mean_pairwise_distance(images: Tensor, batch_size: int = 512) -> float:
+    """Mean pixel distance over all pairs of different images: how varied a set is."""
+    if len(images) < 2:
+        raise ValueError("diversity needs at least 2 images")
+    flat = _flat(images)
+    total = 0.0
+    for i in range(0, len(flat), batch_size):
+        total += float(torch.cdist(flat[i : i + batch_size].double(), flat.double()).sum())
+    n = len(flat)
+    return total / (n * (n - 1)) / math.sqrt(flat.shape[1])
+
+
+@torch.no_grad()
+def nearest_neighbours(queries: Tensor, references: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """For each query image, the pixel distance to its nearest reference image and its index."""
+    if len(references) == 0:
+        raise ValueError("no reference images to search")
+    flat_references = _flat(references).double()
+    distances, indices = [], []
+    for i in range(0, len(queries), batch_size):
+        d = torch.cdist(_flat(queries[i : i + batch_size]).double(), flat_references)
+        best = d.min(1)
+        distances.append(best.values)
+        indices.append(best.indices)
+    return torch.cat(distances).float() / math.sqrt(flat_references.shape[1]), torch.cat(indices)
+
+
+def distance_summary(distances: Tensor) -> dict[str, float]:
+    return {"mean": float(distances.mean()), "median": float(distances.median()), "min": float(distances.min())}

@@ -1,0 +1,315 @@
+"""``evaluate``: every figure of a trained pipeline on its own train/validation split.
+
+The report is a plain dict (saved as ``eval.json``): autoencoder reconstruction quality,
+flow likelihood per class with its train/validation gap, FID/KID, conditional fidelity
+judged by a classifier trained on real images, diversity and memorisation. ``compare``
+lays several reports side by side.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .._version import __version__
+from ..data import ImageDataset
+from ..errors import LatentflowsError, ModelFileError
+from ..pipeline import LatentFlowPipeline
+from ..storage import read_json
+from . import measures
+from .classifier import ImageClassifier, train_classifier
+
+EVAL_FORMAT = "latentflows-eval"
+CLASSIFIER_DIR = "classifier"
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr)
+
+
+@torch.no_grad()
+def image_features(extractor, images: torch.Tensor, batch_size: int = 50) -> torch.Tensor:
+    return torch.cat([extractor(images[i : i + batch_size]).double() for i in range(0, len(images), batch_size)])
+
+
+def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: ImageDataset, *,
+             samples_per_class: int | None = None, seed: int = 0, temperature: float = 1.0,
+             feature_extractor=None, no_features_reason: str = "no feature extractor given",
+             classifier: ImageClassifier | None = None, classifier_epochs: int = 12,
+             progress: bool = True) -> tuple[dict, dict]:
+    """All figures, and the artefacts behind them (samples, neighbours, the classifier).
+
+    ``samples_per_class`` defaults to the number of validation images of each class, so
+    FID/KID compare sets of equal size. Without ``feature_extractor`` FID and KID are
+    reported as unavailable, with ``no_features_reason``.
+    """
+    if list(train_set.class_names) != list(pipeline.class_names):
+        raise LatentflowsError(f"the data's classes {train_set.class_names} are not the model's "
+                               f"{pipeline.class_names}; evaluate on the data the run was trained on")
+    if len(val_set) < 2:
+        raise LatentflowsError("the validation split has fewer than 2 images; evaluate on more data")
+    pipeline.eval()
+    started = time.perf_counter()
+    names = pipeline.class_names
+    val_counts = [int((val_set.labels == c).sum()) for c in range(len(names))]
+    report: dict = {"format": EVAL_FORMAT, "format_version": 1, "latentflows_version": __version__,
+                    "settings": {"seed": seed, "temperature": temperature, "samples_per_class": samples_per_class,
+                                 "train_images": len(train_set), "val_images": len(val_set)}}
+
+    _log(progress, "evaluate: autoencoder reconstructions")
+    reconstructions = pipeline.reconstruct(val_set.images)
+    report["autoencoder"] = {
+        "val": measures.reconstruction_quality(val_set.images, reconstructions),
+        "train": measures.reconstruction_quality(train_set.images, pipeline.reconstruct(train_set.images)),
+    }
+
+    _log(progress, "evaluate: flow likelihood")
+    dim = pipeline.flow.features
+    flow = {}
+    for split_name, split in (("train", train_set), ("val", val_set)):
+        log_prob = pipeline.log_prob(split.images, split.labels)
+        flow[split_name] = measures.nll_summary(log_prob, dim)
+        for c, name in enumerate(names):
+            chosen = split.labels == c
+            if chosen.any():
+                flow.setdefault("per_class", {}).setdefault(name, {})[split_name] = \
+                    measures.nll_summary(log_prob[chosen], dim)
+    flow["gap_nats_per_dim"] = flow["val"]["nats_per_dim"] - flow["train"]["nats_per_dim"]
+    report["flow"] = flow
+
+    _log(progress, "evaluate: generating samples")
+    samples = {}
+    for c, name in enumerate(names):
+        n = samples_per_class or val_counts[c]
+        if n:
+            samples[name] = pipeline.generate(name, n, temperature, seed=seed + c).images
+    report["settings"]["generated_per_class"] = {name: len(images) for name, images in samples.items()}
+
+    report["fid"] = _fid_kid(feature_extractor, no_features_reason, val_set, samples, seed, progress)
+
+    trained_here = classifier is None
+    if classifier is None:
+        _log(progress, f"evaluate: training the judge classifier ({classifier_epochs} epochs)")
+        classifier_started = time.perf_counter()
+        classifier, _ = train_classifier(train_set, val_set, epochs=classifier_epochs, seed=seed, progress=progress)
+        classifier_seconds = time.perf_counter() - classifier_started
+    report["classifier"] = _conditional_fidelity(classifier, val_set, reconstructions, samples, names)
+    report["classifier"]["trained_now"] = trained_here
+    if trained_here:
+        report["classifier"]["train_seconds"] = round(classifier_seconds, 1)
+
+    _log(progress, "evaluate: diversity and nearest training images")
+    diversity, memorisation, neighbours = {}, {}, []
+    for c, name in enumerate(names):
+        real = val_set.images[val_set.labels == c]
+        if name not in samples or len(samples[name]) < 2 or len(real) < 2:
+            continue
+        generated = measures.mean_pairwise_distance(samples[name])
+        real_spread = measures.mean_pairwise_distance(real)
+        diversity[name] = {"generated": generated, "real": real_spread, "ratio": generated / real_spread}
+        # Decoded images are smoother than photos, so the like-for-like reference for the
+        # samples is the decoded validation images: ratio << 1 means copies of training images.
+        distances, index = measures.nearest_neighbours(samples[name], train_set.images)
+        real_distances, _ = measures.nearest_neighbours(real, train_set.images)
+        decoded_distances, _ = measures.nearest_neighbours(reconstructions[val_set.labels == c], train_set.images)
+        memorisation[name] = {"generated_to_train": measures.distance_summary(distances),
+                              "val_reconstruction_to_train": measures.distance_summary(decoded_distances),
+                              "val_to_train": measures.distance_summary(real_distances),
+                              "ratio": float(distances.mean() / decoded_distances.mean())}
+        closest = torch.argsort(distances)[:8]
+        neighbours.append((name, samples[name][closest], train_set.images[index[closest]], distances[closest]))
+    report["diversity"], report["memorisation"] = diversity, memorisation
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return report, {"samples": samples, "neighbours": neighbours, "classifier": classifier}
+
+
+def _fid_kid(extractor, reason: str, val_set: ImageDataset, samples: dict, seed: int, progress: bool) -> dict:
+    if extractor is None:
+        return {"available": False, "reason": reason}
+    _log(progress, "evaluate: image features for FID/KID")
+    real = image_features(extractor, val_set.images)
+    fake = {name: image_features(extractor, images) for name, images in samples.items()}
+    result = {"available": True, "per_class": {}}
+    for c, name in enumerate(val_set.class_names):
+        chosen = val_set.labels == c
+        if name in fake and int(chosen.sum()) >= 4 and len(fake[name]) >= 4:
+            result["per_class"][name] = {**measures.feature_distances(real[chosen], fake[name], seed=seed),
+                                         "n_real": int(chosen.sum()), "n_generated": len(fake[name])}
+    everything = torch.cat(list(fake.values()))
+    result["overall"] = {**measures.feature_distances(real, everything, seed=seed),
+                         "n_real": len(real), "n_generated": len(everything)}
+    return result
+
+
+def _conditional_fidelity(classifier, val_set, reconstructions, samples, names) -> dict:
+    """Accuracy on real images; per class, how often real, reconstructed and generated
+    images of that class are classified as it (the reconstructions bound what the
+    autoencoder lets through)."""
+    real_predictions = classifier.predict(val_set.images)
+    reconstructed_predictions = classifier.predict(reconstructions)
+    result = {"val_accuracy": float((real_predictions == val_set.labels).float().mean()),
+              "reconstruction_accuracy": float((reconstructed_predictions == val_set.labels).float().mean()),
+              "per_class": {}}
+    hits, total = 0, 0
+    for c, name in enumerate(names):
+        chosen = val_set.labels == c
+        entry = {}
+        if chosen.any():
+            entry["real_recall"] = float((real_predictions[chosen] == c).float().mean())
+            entry["reconstruction_recall"] = float((reconstructed_predictions[chosen] == c).float().mean())
+        if name in samples:
+            predicted = classifier.predict(samples[name])
+            entry["generated_share"] = float((predicted == c).float().mean())
+            hits, total = hits + int((predicted == c).sum()), total + len(predicted)
+        result["per_class"][name] = entry
+    result["generated_accuracy"] = hits / total if total else None
+    return result
+
+
+def read_report(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "eval.json"
+        if not path.is_file():
+            raise ModelFileError(f"{path.parent}: no eval.json; run latentflows evaluate {path.parent} first")
+    report = read_json(path)
+    if report.get("format") != EVAL_FORMAT:
+        raise ModelFileError(f"{path}: not a latentflows evaluation (no format tag {EVAL_FORMAT!r})")
+    return report
+
+
+# (label, path into the report, format) for the text views
+FIGURES = [
+    ("autoencoder val MSE [-1,1]", ("autoencoder", "val", "mse"), "{:.4f}"),
+    ("autoencoder val PSNR (dB)", ("autoencoder", "val", "psnr_db"), "{:.2f}"),
+    ("autoencoder val SSIM", ("autoencoder", "val", "ssim"), "{:.3f}"),
+    ("flow train NLL (nats/dim)", ("flow", "train", "nats_per_dim"), "{:.4f}"),
+    ("flow val NLL (nats/dim)", ("flow", "val", "nats_per_dim"), "{:.4f}"),
+    ("flow val NLL (bits/dim)", ("flow", "val", "bits_per_dim"), "{:.4f}"),
+    ("flow val-train gap (nats/dim)", ("flow", "gap_nats_per_dim"), "{:+.4f}"),
+    ("FID (all classes)", ("fid", "overall", "fid"), "{:.1f}"),
+    ("KID x1000 (all classes)", ("fid", "overall", "kid_mean"), "x1000"),
+    ("classifier val accuracy", ("classifier", "val_accuracy"), "{:.3f}"),
+    ("classifier on reconstructions", ("classifier", "reconstruction_accuracy"), "{:.3f}"),
+    ("generated classified as asked", ("classifier", "generated_accuracy"), "{:.3f}"),
+]
+
+
+def _lookup(report: dict, path: tuple) -> object:
+    value = report
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _format(value, pattern: str) -> str:
+    if value is None:
+        return "-"
+    if pattern == "x1000":
+        return f"{value * 1000:.2f}"
+    return pattern.format(value)
+
+
+def _class_rows(report: dict) -> list[tuple[str, str]]:
+    rows = []
+    for name, entry in report.get("flow", {}).get("per_class", {}).items():
+        rows.append((f"{name}: flow val NLL (nats/dim)", _format(_lookup(entry, ("val", "nats_per_dim")), "{:.4f}")))
+        rows.append((f"{name}: FID", _format(_lookup(report, ("fid", "per_class", name, "fid")), "{:.1f}")))
+        rows.append((f"{name}: generated classified as {name}",
+                     _format(_lookup(report, ("classifier", "per_class", name, "generated_share")), "{:.3f}")))
+        rows.append((f"{name}: reconstructions classified as {name}",
+                     _format(_lookup(report, ("classifier", "per_class", name, "reconstruction_recall")), "{:.3f}")))
+        diversity = report.get("diversity", {}).get(name)
+        rows.append((f"{name}: diversity generated / real",
+                     f"{diversity['generated']:.3f} / {diversity['real']:.3f}" if diversity else "-"))
+        memory = report.get("memorisation", {}).get(name)
+        rows.append((f"{name}: nearest train, generated / decoded val",
+                     f"{memory['generated_to_train']['mean']:.3f} / "
+                     f"{memory['val_reconstruction_to_train']['mean']:.3f}" if memory else "-"))
+    return rows
+
+
+def format_report(report: dict) -> str:
+    rows = [(label, _format(_lookup(report, path), pattern)) for label, path, pattern in FIGURES]
+    rows += _class_rows(report)
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{label:<{width}}  {value}" for label, value in rows]
+    fid = report.get("fid", {})
+    if not fid.get("available"):
+        lines.append(f"FID/KID not computed: {fid.get('reason', 'unknown')}")
+    return "\n".join(lines)
+
+
+def compare(reports: list[dict], names: list[str]) -> str:
+    """The figures of several evaluations side by side (one column per run)."""
+    rows = [[label] + [_format(_lookup(r, path), pattern) for r in reports] for label, path, pattern in FIGURES]
+    per_run = [dict(_class_rows(r)) for r in reports]
+    for label in dict.fromkeys(label for rows_ in per_run for label in rows_):
+        rows.append([label] + [rows_.get(label, "-") for rows_ in per_run])
+    samples = [str(_lookup(r, ("settings", "generated_per_class")) or "-") for r in reports]
+    rows.append(["generated per class"] + samples)
+    header = ["figure"] + names
+    widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
+    line = lambda row: "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))  # noqa: E731
+    return "\n".join([line(header)] + [line(row) for row in rows])
+
+
+def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | Path | None = None,
+                 overwrite: bool = False, fid_weights: str | Path | None = None, fid: bool = True,
+                 download: bool = True, samples_per_class: int | None = None, seed: int = 0,
+                 temperature: float = 1.0, classifier_epochs: int = 12, progress: bool = True) -> dict:
+    """Evaluate a run folder on its own split; write ``eval.json`` and ``eval-nearest.png``.
+
+    The judge classifier is trained once and kept in ``RUN/classifier/``, so later
+    evaluations of the run (and runs on the same data and seed) use the same judge.
+    """
+    from ..pipeline import load, run_dataset
+    from ..plots import nearest_neighbour_grid
+    from ..saving import load_model, save_model
+    from ..storage import write_json
+    from .inception import load_inception
+
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / "eval.json"
+    figure = out.with_name(out.stem + "-nearest.png")
+    if out.suffix != ".json":
+        raise LatentflowsError(f"--out must end in .json, got {out}")
+    for path in (out, figure):
+        if path.exists() and not overwrite:
+            raise LatentflowsError(f"{path} already exists; pass --overwrite to replace it or --out to write elsewhere")
+    pipeline = load(run_dir)
+    extractor, fid_source = (None, "turned off (--no-fid)")
+    if fid:  # before the slow steps: a bad --fid-weights path fails now
+        extractor, fid_source = load_inception(fid_weights, download)
+    config = pipeline.train_config
+    dataset = run_dataset(run_dir, source, progress=progress)
+    train_set, val_set = dataset.split(config.get("val_fraction", 0.1), config.get("seed", 0))
+    classifier_dir = run_dir / CLASSIFIER_DIR
+    classifier = None
+    if (classifier_dir / "model.json").exists():
+        classifier, _ = load_model(classifier_dir)
+        if not isinstance(classifier, ImageClassifier) or classifier.num_classes != len(pipeline.class_names):
+            raise ModelFileError(f"{classifier_dir}: not a classifier for this run's {len(pipeline.class_names)} "
+                                 f"classes; remove it and evaluate again to train a new one")
+        classifier.eval()
+    report, artefacts = evaluate(pipeline, train_set, val_set, samples_per_class=samples_per_class, seed=seed,
+                                 temperature=temperature, feature_extractor=extractor, no_features_reason=fid_source,
+                                 classifier=classifier, classifier_epochs=classifier_epochs, progress=progress)
+    if classifier is None:
+        save_model(classifier_dir, artefacts["classifier"])
+    report["run"] = str(run_dir)
+    report["data"] = {"source": source, "split_seed": config.get("seed", 0),
+                      "val_fraction": config.get("val_fraction", 0.1)} if source else {"source": "as in run.json"}
+    if extractor is not None:
+        report["fid"]["weights"] = fid_source
+    if artefacts["neighbours"]:
+        nearest_neighbour_grid(artefacts["neighbours"], figure)
+        report["memorisation_figure"] = str(figure)
+    write_json(out, report)
+    return report

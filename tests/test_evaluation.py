@@ -1,0 +1,304 @@
+"""Evaluation: every figure on small real data, FID/KID offline, the CLI commands."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from latentflows import train
+from latentflows.cli import main
+from latentflows.errors import ModelFileError
+from latentflows.evaluation import (FIDInceptionV3, compare, evaluate, feature_distances, format_report,
+                                    load_inception, mean_pairwise_distance, nearest_neighbours, nll_summary,
+                                    reconstruction_quality, train_classifier)
+from latentflows.evaluation import inception as inception_module
+from latentflows.evaluation.inception import inception_from_file, tf1_bilinear_resize
+from latentflows.interpolation import interpolate, interpolation_path, slerp
+from latentflows.saving import load_model, save_model
+from latentflows.storage import save_safetensors
+
+TINY = ["--width", "8", "--embedding-dim", "32", "--ae-epochs", "1", "--couplings", "2", "--hidden", "32",
+        "--flow-epochs", "2", "--no-progress"]
+
+
+def random_inception(seed=0) -> FIDInceptionV3:
+    """The FID network with variance-preserving random weights: the offline stand-in for the real ones."""
+    torch.manual_seed(seed)
+    network = FIDInceptionV3()
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return network
+
+
+@pytest.fixture(scope="module")
+def split(small_pets):
+    return small_pets.split(0.25, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(split, tiny_config):
+    train_set, val_set = split
+    from latentflows.data import ImageDataset
+
+    both = ImageDataset(torch.cat([train_set.images, val_set.images]), torch.cat([train_set.labels, val_set.labels]),
+                        train_set.class_names)
+    return train(both, tiny_config, progress=False)
+
+
+# ---------------------------------------------------------------------- FID network
+
+def test_tf1_resize_matches_the_definition():
+    images = torch.rand(2, 3, 5, 7) * 255
+    out = tf1_bilinear_resize(images, 11)
+    expected = torch.empty(2, 3, 11, 11)
+    for i in range(11):
+        for j in range(11):
+            y, x = i * 5 / 11, j * 7 / 11  # source position: no half-pixel offset, as in TF 1.x
+            y0, x0 = int(y), int(x)
+            y1, x1 = min(y0 + 1, 4), min(x0 + 1, 6)
+            dy, dx = y - y0, x - x0
+            top = images[..., y0, x0] * (1 - dx) + images[..., y0, x1] * dx
+            bottom = images[..., y1, x0] * (1 - dx) + images[..., y1, x1] * dx
+            expected[..., i, j] = top * (1 - dy) + bottom * dy
+    assert torch.allclose(out, expected, atol=1e-3)
+    same = torch.rand(1, 3, 6, 6)
+    assert torch.equal(tf1_bilinear_resize(same, 6), same)
+
+
+def test_inception_gives_2048_features_and_loads_its_weights_strictly(tmp_path):
+    network = random_inception()
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    features = network(images)
+    assert features.shape == (2, 2048) and torch.isfinite(features).all()
+    # torchvision's Inception-v3 has 27,161,264 parameters; less its auxiliary head (3,326,696),
+    # plus 8 more classes in the fc layer (8 x 2049): the FID graph's 23,850,960
+    assert sum(p.numel() for p in network.parameters()) == 27_161_264 - 3_326_696 + 8 * 2049
+    with pytest.raises(ValueError, match="uint8"):
+        network(images.float())
+
+    save_safetensors(tmp_path / "w.safetensors", network.state_dict(), "fid-inception-v3")
+    torch.save(network.state_dict(), tmp_path / "w.pth")  # torch-fidelity's format, read with weights_only
+    for path in (tmp_path / "w.safetensors", tmp_path / "w.pth"):
+        loaded, source = load_inception(path)
+        assert source == str(path) and torch.allclose(loaded(images), features)
+
+    state = network.state_dict()
+    state.pop("Mixed_7c.branch_pool.conv.weight")
+    save_safetensors(tmp_path / "partial.safetensors", state, "x")
+    with pytest.raises(ModelFileError, match="not the FID Inception weights.*Mixed_7c"):
+        inception_from_file(tmp_path / "partial.safetensors")
+    (tmp_path / "junk.pth").write_bytes(b"not a file of tensors")
+    with pytest.raises(ModelFileError, match="not a readable Inception weights file"):
+        inception_from_file(tmp_path / "junk.pth")
+    with pytest.raises(ModelFileError, match="not found"):
+        load_inception(tmp_path / "missing.safetensors")
+
+
+def test_random_inception_fid_is_zero_for_identical_sets_and_larger_for_shifted(small_pets):
+    network = random_inception()
+    images = small_pets.images[:16]
+    real = network(images)
+    same = feature_distances(real, network(images.clone()))
+    shifted = feature_distances(real, network((images.int() + 60).clamp(0, 255).to(torch.uint8)))
+    assert abs(same["fid"]) < 1e-4 * shifted["fid"]  # "about 0": eigenvalue round-off of 2048-d covariances
+    assert shifted["fid"] > 0 and shifted["kid_mean"] > 10 * abs(same["kid_mean"]) + 1e-12
+
+
+def test_without_weights_no_number_and_a_reason(monkeypatch, tmp_path):
+    monkeypatch.setenv("LATENTFLOWS_CACHE", str(tmp_path))  # the stand-in download stays in this test
+    network, reason = load_inception()
+    assert network is None and "--fid-weights" in reason and "downloads are off" in reason
+
+    monkeypatch.delenv("LATENTFLOWS_NO_DOWNLOAD")
+
+    def offline(folder):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(inception_module, "_download", offline)
+    network, reason = load_inception()
+    assert network is None and "download failed" in reason and "unreachable" in reason
+
+    # a successful download is stored as safetensors in the cache and used from there on
+    state = random_inception().state_dict()
+    calls = []
+    monkeypatch.setattr(inception_module, "_download", lambda folder: calls.append(folder) or state)
+    network, source = load_inception()
+    assert network is not None and inception_module.WEIGHTS_URL in source
+    again, source = load_inception()
+    assert again is not None and len(calls) == 1 and source.startswith(str(tmp_path))
+
+
+# ---------------------------------------------------------------------- measures
+
+def test_feature_distances_rank_same_distribution_below_shifted():
+    torch.manual_seed(1)
+    a, b = torch.randn(400, 16), torch.randn(400, 16)
+    identical = feature_distances(a, a)
+    same_distribution = feature_distances(a, b)
+    shifted = feature_distances(a, b + 1.0)
+    assert abs(identical["fid"]) < 1e-8
+    assert 0 < same_distribution["fid"] < 0.5 < 16 * 0.9 < shifted["fid"]  # ||shift||^2 = 16
+    assert abs(same_distribution["kid_mean"]) < 0.05 < shifted["kid_mean"]
+    assert feature_distances(a, b) == same_distribution  # KID subsets are seeded
+    with pytest.raises(ValueError, match="at least 4"):
+        feature_distances(a[:3], b)
+
+
+def test_reconstruction_quality_by_hand():
+    torch.manual_seed(2)
+    originals = torch.randint(20, 230, (6, 3, 16, 16), dtype=torch.uint8)
+    noisy = (originals.int() + torch.randint(-10, 11, originals.shape)).clamp(0, 255).to(torch.uint8)
+    scores = reconstruction_quality(originals, noisy, batch_size=4)
+    difference = (originals.float() - noisy.float()) / 255
+    assert scores["mse"] == pytest.approx(float((2 * difference).square().mean()), rel=1e-5)  # [-1, 1] scale
+    per_image = 10 * torch.log10(1 / difference.square().mean((1, 2, 3)))
+    assert scores["psnr_db"] == pytest.approx(float(per_image.mean()), rel=1e-4)
+    assert 0 < scores["ssim"] < 1
+    assert reconstruction_quality(originals, originals)["ssim"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_diversity_and_nearest_neighbours():
+    black, white = torch.zeros(1, 3, 4, 4, dtype=torch.uint8), torch.full((1, 3, 4, 4), 255, dtype=torch.uint8)
+    assert mean_pairwise_distance(torch.cat([black, white])) == pytest.approx(1.0)
+    assert mean_pairwise_distance(torch.cat([black, black, black])) == 0.0
+    references = torch.randint(0, 256, (30, 3, 4, 4), dtype=torch.uint8)
+    distances, index = nearest_neighbours(references[[7, 3]], references, batch_size=1)
+    assert index.tolist() == [7, 3] and distances.abs().max() < 1e-6
+    assert nll_summary(torch.tensor([-2.0, -4.0]), 3)["bits_per_dim"] == pytest.approx(1 / math.log(2))
+
+
+def test_classifier_learns_and_round_trips(tmp_path, small_pets):
+    from latentflows.data import ImageDataset
+
+    # an easy task on real photos: each photo either as it is (class 0) or darkened (class 1)
+    images = small_pets.images[:160]
+    dark = (images.float() * 0.4).to(torch.uint8)
+    data = ImageDataset(torch.cat([images, dark]), torch.tensor([0] * 160 + [1] * 160), ["bright", "dark"])
+    train_set, val_set = data.split(0.25, seed=0)
+    model, history = train_classifier(train_set, val_set, epochs=3, batch_size=32, width=8, progress=False)
+    assert history[-1]["val_accuracy"] > 0.9
+    save_model(tmp_path / "clf", model)
+    loaded, _ = load_model(tmp_path / "clf")
+    assert torch.equal(loaded.predict(val_set.images), model.predict(val_set.images))
+
+
+# ---------------------------------------------------------------------- the report
+
+def test_evaluate_on_real_data(tiny_pipeline, split):
+    train_set, val_set = split
+    features = random_inception()
+    report, artefacts = evaluate(tiny_pipeline, train_set, val_set, feature_extractor=features, classifier_epochs=1,
+                                 progress=False)
+    counts = val_set.class_counts()
+    assert report["settings"]["generated_per_class"] == counts
+    assert 0 < report["autoencoder"]["val"]["mse"] < 2 and report["autoencoder"]["val"]["psnr_db"] > 5
+    flow = report["flow"]
+    assert flow["gap_nats_per_dim"] == pytest.approx(flow["val"]["nats_per_dim"] - flow["train"]["nats_per_dim"])
+    assert flow["val"]["bits_per_dim"] == pytest.approx(flow["val"]["nats_per_dim"] / math.log(2))
+    assert sum(c["val"]["count"] for c in flow["per_class"].values()) == len(val_set)
+    direct = -tiny_pipeline.log_prob(val_set.images, val_set.labels).mean() / tiny_pipeline.flow.features
+    assert flow["val"]["nats_per_dim"] == pytest.approx(float(direct), rel=1e-5)
+    assert report["fid"]["available"] and set(report["fid"]["per_class"]) == {"cat", "dog"}
+    assert report["fid"]["overall"]["n_generated"] == len(val_set)
+    classifier = report["classifier"]
+    assert 0 <= classifier["val_accuracy"] <= 1 and classifier["trained_now"]
+    shares = [classifier["per_class"][c]["generated_share"] for c in ("cat", "dog")]
+    expected = sum(s * counts[c] for s, c in zip(shares, ("cat", "dog"))) / len(val_set)
+    assert classifier["generated_accuracy"] == pytest.approx(expected)
+    for name in ("cat", "dog"):
+        assert report["memorisation"][name]["generated_to_train"]["min"] >= 0
+        assert report["diversity"][name]["real"] > 0
+    assert artefacts["neighbours"][0][1].shape[1:] == (3, 64, 64)
+    assert "flow val NLL" in format_report(report)
+    json.dumps(report)  # eval.json material
+
+
+def test_evaluation_detects_a_model_that_copies_its_training_images(tiny_pipeline, split, monkeypatch):
+    train_set, val_set = split
+    from latentflows.pipeline import Samples
+
+    def copy_training_images(label, n=16, temperature=1.0, seed=0):
+        index = tiny_pipeline.class_index(label)
+        return Samples(train_set.images[train_set.labels == index][:n], torch.zeros(n), label)
+
+    monkeypatch.setattr(tiny_pipeline, "generate", copy_training_images)
+    report, _ = evaluate(tiny_pipeline, train_set, val_set, classifier_epochs=1, progress=False)
+    for name in ("cat", "dog"):
+        memory = report["memorisation"][name]
+        assert memory["generated_to_train"]["mean"] < 1e-6 < memory["val_to_train"]["mean"]
+        assert memory["ratio"] < 1e-3 and memory["val_reconstruction_to_train"]["mean"] > 1e-3
+    assert not report["fid"]["available"] and "no feature extractor" in report["fid"]["reason"]
+
+
+# ---------------------------------------------------------------------- interpolation
+
+def test_slerp_and_paths():
+    torch.manual_seed(3)
+    a, b = torch.randn(32), torch.randn(32)
+    for mode in ("linear", "spherical"):
+        path = interpolation_path(a, b, 5, mode)
+        assert torch.allclose(path[0], a, atol=1e-5) and torch.allclose(path[-1], b, atol=1e-5)
+    unit = slerp(a / a.norm(), b / b.norm(), torch.linspace(0, 1, 7))
+    assert torch.allclose(unit.norm(dim=1), torch.ones(7), atol=1e-5)  # stays on the sphere
+    assert interpolation_path(a, b, 3, "linear")[1].norm() < unit.norm(dim=1)[3] * a.norm()  # the chord dips
+    with pytest.raises(ValueError, match="at least 2"):
+        interpolation_path(a, b, 1)
+    with pytest.raises(ValueError, match="unknown interpolation mode"):
+        interpolation_path(a, b, 3, "cubic")
+
+
+def test_interpolate_decodes_from_one_class_to_the_other(tiny_pipeline):
+    rows = interpolate(tiny_pipeline, "cat", "dog", steps=4, seed=5)
+    assert set(rows) == {"linear", "spherical"}
+    for images in rows.values():
+        assert images.shape == (4, 3, 64, 64) and images.dtype == torch.uint8
+    assert torch.equal(rows["linear"][0], rows["spherical"][0]) and torch.equal(rows["linear"][-1], rows["spherical"][-1])
+    ends = torch.randn(2, tiny_pipeline.flow.features, generator=torch.Generator().manual_seed(5))
+    start, _ = tiny_pipeline.flow.inverse(ends[:1], tiny_pipeline.one_hot(torch.tensor([0])))
+    assert torch.equal(rows["linear"][0], tiny_pipeline.decode(start)[0])
+
+
+# ---------------------------------------------------------------------- CLI
+
+def test_cli_evaluate_compare_interpolate(tmp_path, shared_parquet, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(shared_parquet), "--limit", "200", "--out", str(run), *TINY]) == 0
+    assert main(["evaluate", str(run), "--fid-weights", str(tmp_path / "none.safetensors"), "--no-progress"]) == 2
+    assert "none.safetensors" in capsys.readouterr().err and not (run / "eval.json").exists()
+
+    assert main(["evaluate", str(run), "--classifier-epochs", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "FID/KID not computed" in out and "--fid-weights" in out and "generated classified as asked" in out
+    report = json.loads((run / "eval.json").read_text())
+    assert report["classifier"]["trained_now"] and (run / "classifier" / "model.json").is_file()
+    assert (run / "eval-nearest.png").is_file() and report["fid"]["available"] is False
+
+    before = (run / "eval.json").read_bytes()
+    assert main(["evaluate", str(run), "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (run / "eval.json").read_bytes() == before
+    second = tmp_path / "again.json"
+    assert main(["evaluate", str(run), "--no-fid", "--out", str(second), "--no-progress"]) == 0
+    again = json.loads(second.read_text())
+    assert not again["classifier"]["trained_now"]  # the run's judge is reused
+    assert again["classifier"]["val_accuracy"] == report["classifier"]["val_accuracy"]
+    assert again["flow"] == report["flow"]
+
+    capsys.readouterr()
+    assert main(["compare", str(run), str(second)]) == 0
+    table = capsys.readouterr().out
+    assert "run" in table.splitlines()[0] and "again.json" in table.splitlines()[0]
+    assert "flow val NLL (nats/dim)" in table and f"{report['flow']['val']['nats_per_dim']:.4f}" in table
+    assert main(["compare", str(tmp_path)]) == 2
+    assert "run latentflows evaluate" in capsys.readouterr().err
+
+    strip = tmp_path / "walk.png"
+    assert main(["interpolate", str(run), "--from", "cat", "--to", "dog", "--steps", "5", "--out", str(strip)]) == 0
+    assert strip.is_file()
+    assert main(["interpolate", str(run), "--from", "cat", "--to", "horse", "--out", str(tmp_path / "h.png")]) == 2
+    assert "unknown class 'horse'" in capsys.readouterr().err
+    assert main(["interpolate", str(run), "--from", "cat", "--to", "dog", "--steps", "1",
+                 "--out", str(tmp_path / "one.png")]) == 2
+    assert main(["interpolate", str(run), "--from", "cat", "--to", "dog", "--out", str(strip)]) == 2
