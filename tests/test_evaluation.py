@@ -10,7 +10,7 @@ from torch import nn
 from latentflows import train
 from latentflows.cli import main
 from latentflows.errors import ModelFileError
-from latentflows.evaluation import (FIDInceptionV3, compare, evaluate, feature_distances, format_report,
+from latentflows.evaluation import (FIDInceptionV3, evaluate, feature_distances, format_report,
                                     load_inception, mean_pairwise_distance, nearest_neighbours, nll_summary,
                                     reconstruction_quality, train_classifier)
 from latentflows.evaluation import inception as inception_module
@@ -203,6 +203,7 @@ def test_evaluate_on_real_data(tiny_pipeline, split):
     assert flow["val"]["nats_per_dim"] == pytest.approx(float(direct), rel=1e-5)
     assert report["fid"]["available"] and set(report["fid"]["per_class"]) == {"cat", "dog"}
     assert report["fid"]["overall"]["n_generated"] == len(val_set)
+    assert report["judge_fd"]["overall"]["fid"] > 0 and set(report["judge_fd"]["per_class"]) == {"cat", "dog"}
     classifier = report["classifier"]
     assert 0 <= classifier["val_accuracy"] <= 1 and classifier["trained_now"]
     shares = [classifier["per_class"][c]["generated_share"] for c in ("cat", "dog")]
@@ -231,6 +232,23 @@ def test_evaluation_detects_a_model_that_copies_its_training_images(tiny_pipelin
         assert memory["generated_to_train"]["mean"] < 1e-6 < memory["val_to_train"]["mean"]
         assert memory["ratio"] < 1e-3 and memory["val_reconstruction_to_train"]["mean"] > 1e-3
     assert not report["fid"]["available"] and "no feature extractor" in report["fid"]["reason"]
+
+
+def test_a_generator_that_returns_the_validation_images_scores_perfectly(tiny_pipeline, split, monkeypatch):
+    train_set, val_set = split
+    from latentflows.pipeline import Samples
+
+    def validation_images(label, n=16, temperature=1.0, seed=0):
+        index = tiny_pipeline.class_index(label)
+        return Samples(val_set.images[val_set.labels == index][:n], torch.zeros(n), label)
+
+    monkeypatch.setattr(tiny_pipeline, "generate", validation_images)
+    report, _ = evaluate(tiny_pipeline, train_set, val_set, classifier_epochs=1, progress=False)
+    assert abs(report["judge_fd"]["overall"]["fid"]) < 1e-4  # identical sets; round-off only
+    for name in ("cat", "dog"):
+        assert report["diversity"][name]["ratio"] == pytest.approx(1.0)
+        assert report["classifier"]["per_class"][name]["generated_share"] == \
+            report["classifier"]["per_class"][name]["real_recall"]
 
 
 # ---------------------------------------------------------------------- interpolation

@@ -35,9 +35,13 @@ class ImageClassifier(nn.Module, Configurable):
 
     def forward(self, images: Tensor) -> Tensor:
         """uint8 or [-1, 1] float images -> class logits."""
+        return self.head(self.embed(images))
+
+    def embed(self, images: Tensor) -> Tensor:
+        """The pooled features the head classifies (8 x width of them)."""
         if images.dtype == torch.uint8:
             images = to_signed_unit(images)
-        return self.head(self.features(images.contiguous(memory_format=torch.channels_last)).mean((2, 3)))
+        return self.features(images.contiguous(memory_format=torch.channels_last)).mean((2, 3))
 
     @torch.no_grad()
     def predict(self, images: Tensor, batch_size: int = 512) -> Tensor:

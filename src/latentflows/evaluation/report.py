@@ -89,7 +89,11 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
             samples[name] = pipeline.generate(name, n, temperature, seed=seed + c).images
     report["settings"]["generated_per_class"] = {name: len(images) for name, images in samples.items()}
 
-    report["fid"] = _fid_kid(feature_extractor, no_features_reason, val_set, samples, seed, progress)
+    if feature_extractor is None:
+        report["fid"] = {"available": False, "reason": no_features_reason}
+    else:
+        _log(progress, "evaluate: Inception features for FID/KID")
+        report["fid"] = {"available": True, **_distances(feature_extractor, val_set, samples, seed)}
 
     trained_here = classifier is None
     if classifier is None:
@@ -97,10 +101,14 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
         classifier_started = time.perf_counter()
         classifier, _ = train_classifier(train_set, val_set, epochs=classifier_epochs, seed=seed, progress=progress)
         classifier_seconds = time.perf_counter() - classifier_started
+    classifier.eval()
     report["classifier"] = _conditional_fidelity(classifier, val_set, reconstructions, samples, names)
     report["classifier"]["trained_now"] = trained_here
     if trained_here:
         report["classifier"]["train_seconds"] = round(classifier_seconds, 1)
+    # FID's recipe in the judge's own features: available offline, comparable between runs
+    # that share a judge (same data, split and seed), not with published FIDs
+    report["judge_fd"] = _distances(classifier.embed, val_set, samples, seed)
 
     _log(progress, "evaluate: diversity and nearest training images")
     diversity, memorisation, neighbours = {}, {}, []
@@ -127,13 +135,11 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
     return report, {"samples": samples, "neighbours": neighbours, "classifier": classifier}
 
 
-def _fid_kid(extractor, reason: str, val_set: ImageDataset, samples: dict, seed: int, progress: bool) -> dict:
-    if extractor is None:
-        return {"available": False, "reason": reason}
-    _log(progress, "evaluate: image features for FID/KID")
+def _distances(extractor, val_set: ImageDataset, samples: dict, seed: int) -> dict:
+    """FID/KID-style distances between validation images and samples, per class and overall."""
     real = image_features(extractor, val_set.images)
     fake = {name: image_features(extractor, images) for name, images in samples.items()}
-    result = {"available": True, "per_class": {}}
+    result = {"per_class": {}}
     for c, name in enumerate(val_set.class_names):
         chosen = val_set.labels == c
         if name in fake and int(chosen.sum()) >= 4 and len(fake[name]) >= 4:
@@ -193,6 +199,7 @@ FIGURES = [
     ("flow val-train gap (nats/dim)", ("flow", "gap_nats_per_dim"), "{:+.4f}"),
     ("FID (all classes)", ("fid", "overall", "fid"), "{:.1f}"),
     ("KID x1000 (all classes)", ("fid", "overall", "kid_mean"), "x1000"),
+    ("judge FD (all classes)", ("judge_fd", "overall", "fid"), "{:.2f}"),
     ("classifier val accuracy", ("classifier", "val_accuracy"), "{:.3f}"),
     ("classifier on reconstructions", ("classifier", "reconstruction_accuracy"), "{:.3f}"),
     ("generated classified as asked", ("classifier", "generated_accuracy"), "{:.3f}"),
@@ -221,6 +228,7 @@ def _class_rows(report: dict) -> list[tuple[str, str]]:
     for name, entry in report.get("flow", {}).get("per_class", {}).items():
         rows.append((f"{name}: flow val NLL (nats/dim)", _format(_lookup(entry, ("val", "nats_per_dim")), "{:.4f}")))
         rows.append((f"{name}: FID", _format(_lookup(report, ("fid", "per_class", name, "fid")), "{:.1f}")))
+        rows.append((f"{name}: judge FD", _format(_lookup(report, ("judge_fd", "per_class", name, "fid")), "{:.2f}")))
         rows.append((f"{name}: generated classified as {name}",
                      _format(_lookup(report, ("classifier", "per_class", name, "generated_share")), "{:.3f}")))
         rows.append((f"{name}: reconstructions classified as {name}",
