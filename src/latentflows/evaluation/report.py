@@ -117,8 +117,9 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
         if name not in samples or len(samples[name]) < 2 or len(real) < 2:
             continue
         generated = measures.mean_pairwise_distance(samples[name])
-        real_spread = measures.mean_pairwise_distance(real)
-        diversity[name] = {"generated": generated, "real": real_spread, "ratio": generated / real_spread}
+        decoded = measures.mean_pairwise_distance(reconstructions[val_set.labels == c])
+        diversity[name] = {"generated": generated, "val_reconstruction": decoded,
+                           "real": measures.mean_pairwise_distance(real), "ratio": _ratio(generated, decoded)}
         # Decoded images are smoother than photos, so the like-for-like reference for the
         # samples is the decoded validation images: ratio << 1 means copies of training images.
         distances, index = measures.nearest_neighbours(samples[name], train_set.images)
@@ -127,12 +128,16 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
         memorisation[name] = {"generated_to_train": measures.distance_summary(distances),
                               "val_reconstruction_to_train": measures.distance_summary(decoded_distances),
                               "val_to_train": measures.distance_summary(real_distances),
-                              "ratio": float(distances.mean() / decoded_distances.mean())}
+                              "ratio": _ratio(float(distances.mean()), float(decoded_distances.mean()))}
         closest = torch.argsort(distances)[:8]
         neighbours.append((name, samples[name][closest], train_set.images[index[closest]], distances[closest]))
     report["diversity"], report["memorisation"] = diversity, memorisation
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report, {"samples": samples, "neighbours": neighbours, "classifier": classifier}
+
+
+def _ratio(value: float, reference: float) -> float | None:
+    return value / reference if reference > 0 else None  # e.g. a decoder that ignores its input
 
 
 def _distances(extractor, val_set: ImageDataset, samples: dict, seed: int) -> dict:
@@ -234,8 +239,9 @@ def _class_rows(report: dict) -> list[tuple[str, str]]:
         rows.append((f"{name}: reconstructions classified as {name}",
                      _format(_lookup(report, ("classifier", "per_class", name, "reconstruction_recall")), "{:.3f}")))
         diversity = report.get("diversity", {}).get(name)
-        rows.append((f"{name}: diversity generated / real",
-                     f"{diversity['generated']:.3f} / {diversity['real']:.3f}" if diversity else "-"))
+        rows.append((f"{name}: diversity generated / decoded val / val",
+                     f"{diversity['generated']:.3f} / {diversity['val_reconstruction']:.3f} / "
+                     f"{diversity['real']:.3f}" if diversity else "-"))
         memory = report.get("memorisation", {}).get(name)
         rows.append((f"{name}: nearest train, generated / decoded val",
                      f"{memory['generated_to_train']['mean']:.3f} / "
