@@ -217,16 +217,22 @@ def test_evaluate_on_real_data(tiny_pipeline, split):
     json.dumps(report)  # eval.json material
 
 
-def test_evaluation_detects_a_model_that_copies_its_training_images(tiny_pipeline, split, monkeypatch):
-    train_set, val_set = split
+def evaluate_a_generator_that_returns(images_of, pipeline, train_set, val_set, monkeypatch) -> dict:
+    """Evaluate ``pipeline`` with its generator replaced by real images (``images_of(class)``)."""
     from latentflows.pipeline import Samples
 
-    def copy_training_images(label, n=16, temperature=1.0, seed=0):
-        index = tiny_pipeline.class_index(label)
-        return Samples(train_set.images[train_set.labels == index][:n], torch.zeros(n), label)
+    def generate(label, n=16, temperature=1.0, seed=0):
+        images = images_of(pipeline.class_index(label))[:n]
+        return Samples(images, torch.zeros(len(images)), label)
 
-    monkeypatch.setattr(tiny_pipeline, "generate", copy_training_images)
-    report, _ = evaluate(tiny_pipeline, train_set, val_set, classifier_epochs=1, progress=False)
+    monkeypatch.setattr(pipeline, "generate", generate)
+    return evaluate(pipeline, train_set, val_set, classifier_epochs=1, progress=False)[0]
+
+
+def test_evaluation_detects_a_model_that_copies_its_training_images(tiny_pipeline, split, monkeypatch):
+    train_set, val_set = split
+    report = evaluate_a_generator_that_returns(lambda c: train_set.images[train_set.labels == c], tiny_pipeline,
+                                               train_set, val_set, monkeypatch)
     for name in ("cat", "dog"):
         memory = report["memorisation"][name]
         assert memory["generated_to_train"]["mean"] < 1e-6 < memory["val_to_train"]["mean"]
@@ -236,14 +242,8 @@ def test_evaluation_detects_a_model_that_copies_its_training_images(tiny_pipelin
 
 def test_a_generator_that_returns_the_validation_images_scores_perfectly(tiny_pipeline, split, monkeypatch):
     train_set, val_set = split
-    from latentflows.pipeline import Samples
-
-    def validation_images(label, n=16, temperature=1.0, seed=0):
-        index = tiny_pipeline.class_index(label)
-        return Samples(val_set.images[val_set.labels == index][:n], torch.zeros(n), label)
-
-    monkeypatch.setattr(tiny_pipeline, "generate", validation_images)
-    report, _ = evaluate(tiny_pipeline, train_set, val_set, classifier_epochs=1, progress=False)
+    report = evaluate_a_generator_that_returns(lambda c: val_set.images[val_set.labels == c], tiny_pipeline,
+                                               train_set, val_set, monkeypatch)
     assert abs(report["judge_fd"]["overall"]["fid"]) < 1e-4  # identical sets; round-off only
     for name in ("cat", "dog"):
         diversity = report["diversity"][name]
@@ -304,6 +304,14 @@ def test_cli_evaluate_compare_interpolate(tmp_path, shared_parquet, capsys):
     assert not again["classifier"]["trained_now"]  # the run's judge is reused
     assert again["classifier"]["val_accuracy"] == report["classifier"]["val_accuracy"]
     assert again["flow"] == report["flow"]
+
+    judged = tmp_path / "judged.json"
+    assert main(["evaluate", str(run), "--no-fid", "--judge", str(tmp_path / "nowhere"), "--out", str(judged),
+                 "--no-progress"]) == 2
+    assert "no judge classifier" in capsys.readouterr().err and not judged.exists()
+    assert main(["evaluate", str(run), "--no-fid", "--judge", str(run / "classifier"), "--out", str(judged),
+                 "--no-progress"]) == 0
+    assert json.loads(judged.read_text())["classifier"]["judge"] == str(run / "classifier")
 
     capsys.readouterr()
     assert main(["compare", str(run), str(second)]) == 0

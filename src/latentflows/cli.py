@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-download", action="store_true", help="never download the Inception weights")
     evaluate.add_argument("--classifier-epochs", type=_positive_int, default=12,
                           help="epochs for the judge classifier, when the run has none yet (default 12)")
+    evaluate.add_argument("--judge", type=Path, metavar="FOLDER",
+                          help="judge by another run's classifier (e.g. runs/a/classifier), to compare runs "
+                               "on the same data by one judge")
     evaluate.add_argument("--out", type=Path, help="report to write (default RUN/eval.json)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing report")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress messages")
@@ -261,7 +264,8 @@ def run_evaluate(args) -> None:
     report = evaluate_run(args.run, source=args.data, out=args.out, overwrite=args.overwrite,
                           fid_weights=args.fid_weights, fid=not args.no_fid, download=not args.no_download,
                           samples_per_class=args.samples, seed=args.seed, temperature=args.temperature,
-                          classifier_epochs=args.classifier_epochs, progress=not args.no_progress)
+                          classifier_epochs=args.classifier_epochs, judge=args.judge,
+                          progress=not args.no_progress)
     print(format_report(report))
     print(f"wrote {args.out or args.run / 'eval.json'} in {report['seconds']:.0f}s")
 

@@ -277,11 +277,14 @@ def compare(reports: list[dict], names: list[str]) -> str:
 def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | Path | None = None,
                  overwrite: bool = False, fid_weights: str | Path | None = None, fid: bool = True,
                  download: bool = True, samples_per_class: int | None = None, seed: int = 0,
-                 temperature: float = 1.0, classifier_epochs: int = 12, progress: bool = True) -> dict:
+                 temperature: float = 1.0, classifier_epochs: int = 12, judge: str | Path | None = None,
+                 progress: bool = True) -> dict:
     """Evaluate a run folder on its own split; write ``eval.json`` and ``eval-nearest.png``.
 
     The judge classifier is trained once and kept in ``RUN/classifier/``, so later
-    evaluations of the run (and runs on the same data and seed) use the same judge.
+    evaluations of the run use the same judge. ``judge`` names another classifier folder
+    (e.g. ``runs/a/classifier``) to judge this run by, so that runs on the same data and
+    split are compared by one judge.
     """
     from ..pipeline import load, run_dataset
     from ..plots import nearest_neighbour_grid
@@ -304,7 +307,10 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
     config = pipeline.train_config
     dataset = run_dataset(run_dir, source, progress=progress)
     train_set, val_set = dataset.split(config.get("val_fraction", 0.1), config.get("seed", 0))
-    classifier_dir = run_dir / CLASSIFIER_DIR
+    classifier_dir = Path(judge) if judge is not None else run_dir / CLASSIFIER_DIR
+    if judge is not None and not (classifier_dir / "model.json").is_file():
+        raise ModelFileError(f"{classifier_dir}: no judge classifier there (expected RUN/classifier of an "
+                             f"evaluated run)")
     classifier = None
     if (classifier_dir / "model.json").exists():
         classifier, _ = load_model(classifier_dir)
@@ -318,6 +324,7 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
     if classifier is None:
         save_model(classifier_dir, artefacts["classifier"])
     report["run"] = str(run_dir)
+    report["classifier"]["judge"] = str(classifier_dir)
     report["data"] = {"source": source, "split_seed": config.get("seed", 0),
                       "val_fraction": config.get("val_fraction", 0.1)} if source else {"source": "as in run.json"}
     if extractor is not None:
