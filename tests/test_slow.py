@@ -1,4 +1,5 @@
-"""The full quick preset on the embedded data, end to end (about 15 minutes: `pytest -m slow`)."""
+"""The full quick preset on the embedded data, end to end, then evaluated (about 20 minutes:
+`pytest -m slow`)."""
 
 import json
 
@@ -21,3 +22,11 @@ def test_quick_preset_end_to_end(tmp_path):
     for label in ("cat", "dog"):
         samples = pipeline.generate(label, 8)
         assert samples.images.float().std() > 10  # not a flat grey image
+
+    assert main(["evaluate", str(run), "--no-fid", "--no-progress"]) == 0
+    report = json.loads((run / "eval.json").read_text())
+    assert report["classifier"]["val_accuracy"] > 0.75  # the judge tells real cats from dogs
+    assert report["autoencoder"]["val"]["psnr_db"] > 16
+    for name in ("cat", "dog"):
+        assert 0.5 < report["memorisation"][name]["ratio"]  # no copies of training images
+        assert report["diversity"][name]["ratio"] > 0.5  # no collapse onto a few images

@@ -285,7 +285,9 @@ def _download(folder: Path) -> dict[str, Tensor]:
     socket.setdefaulttimeout(20)
     try:
         # check_hash: the file name carries a SHA-256 prefix; weights_only is torch's default
-        return torch.hub.load_state_dict_from_url(WEIGHTS_URL, model_dir=str(folder), map_location="cpu",
-                                                  check_hash=True, progress=False, weights_only=True)
+        state = torch.hub.load_state_dict_from_url(WEIGHTS_URL, model_dir=str(folder), map_location="cpu",
+                                                   check_hash=True, progress=False, weights_only=True)
     finally:
         socket.setdefaulttimeout(previous)
+    (folder / WEIGHTS_URL.rsplit("/", 1)[1]).unlink(missing_ok=True)  # kept as safetensors instead
+    return state

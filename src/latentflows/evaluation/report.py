@@ -238,14 +238,13 @@ def _class_rows(report: dict) -> list[tuple[str, str]]:
                      _format(_lookup(report, ("classifier", "per_class", name, "generated_share")), "{:.3f}")))
         rows.append((f"{name}: reconstructions classified as {name}",
                      _format(_lookup(report, ("classifier", "per_class", name, "reconstruction_recall")), "{:.3f}")))
-        diversity = report.get("diversity", {}).get(name)
+        spread = [_lookup(report, ("diversity", name, key)) for key in ("generated", "val_reconstruction", "real")]
         rows.append((f"{name}: diversity generated / decoded val / val",
-                     f"{diversity['generated']:.3f} / {diversity['val_reconstruction']:.3f} / "
-                     f"{diversity['real']:.3f}" if diversity else "-"))
-        memory = report.get("memorisation", {}).get(name)
+                     " / ".join(_format(value, "{:.3f}") for value in spread)))
+        nearest = [_lookup(report, ("memorisation", name, key, "mean"))
+                   for key in ("generated_to_train", "val_reconstruction_to_train")]
         rows.append((f"{name}: nearest train, generated / decoded val",
-                     f"{memory['generated_to_train']['mean']:.3f} / "
-                     f"{memory['val_reconstruction_to_train']['mean']:.3f}" if memory else "-"))
+                     " / ".join(_format(value, "{:.3f}") for value in nearest)))
     return rows
 
 
@@ -261,13 +260,20 @@ def format_report(report: dict) -> str:
 
 
 def compare(reports: list[dict], names: list[str]) -> str:
-    """The figures of several evaluations side by side (one column per run)."""
+    """The figures of several evaluations side by side (one column per run).
+
+    Flow NLLs compare flows on the same autoencoder only (each run's flow models its own
+    embeddings); judge figures compare runs judged by the same classifier (``--judge``).
+    """
     rows = [[label] + [_format(_lookup(r, path), pattern) for r in reports] for label, path, pattern in FIGURES]
     per_run = [dict(_class_rows(r)) for r in reports]
     for label in dict.fromkeys(label for rows_ in per_run for label in rows_):
         rows.append([label] + [rows_.get(label, "-") for rows_ in per_run])
     samples = [str(_lookup(r, ("settings", "generated_per_class")) or "-") for r in reports]
     rows.append(["generated per class"] + samples)
+    judges = {_lookup(r, ("classifier", "judge")) for r in reports}
+    if len(judges) > 1:
+        rows.append(["judge"] + [str(_lookup(r, ("classifier", "judge")) or "-") for r in reports])
     header = ["figure"] + names
     widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
     line = lambda row: "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))  # noqa: E731
