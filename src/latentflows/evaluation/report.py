@@ -99,7 +99,9 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
     if classifier is None:
         _log(progress, f"evaluate: training the judge classifier ({classifier_epochs} epochs)")
         classifier_started = time.perf_counter()
-        classifier, _ = train_classifier(train_set, val_set, epochs=classifier_epochs, seed=seed, progress=progress)
+        # seeded by the run, not by the sampling --seed: one run, one judge
+        classifier, _ = train_classifier(train_set, val_set, epochs=classifier_epochs,
+                                         seed=int(pipeline.train_config.get("seed", 0)), progress=progress)
         classifier_seconds = time.perf_counter() - classifier_started
     classifier.eval()
     report["classifier"] = _conditional_fidelity(classifier, val_set, reconstructions, samples, names)
