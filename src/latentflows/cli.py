@@ -140,10 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="generated images per class (default: as many as the class has validation images)")
     evaluate.add_argument("--seed", type=_int, default=0, help="seed for the generated images (default 0)")
     evaluate.add_argument("--temperature", type=_positive_float, default=1.0, help="scale of the base noise")
-    evaluate.add_argument("--fid-weights", type=Path, metavar="PATH",
-                          help="Inception weights for FID/KID (.safetensors, or torch-fidelity's .pth); "
-                               "default: the cached copy, else a download")
-    evaluate.add_argument("--no-fid", action="store_true", help="skip FID and KID")
+    fid = evaluate.add_mutually_exclusive_group()
+    fid.add_argument("--fid-weights", type=Path, metavar="PATH",
+                     help="Inception weights for FID/KID (.safetensors, or torch-fidelity's .pth); "
+                          "default: the cached copy, else a download")
+    fid.add_argument("--no-fid", action="store_true", help="skip FID and KID")
     evaluate.add_argument("--no-download", action="store_true", help="never download the Inception weights")
     evaluate.add_argument("--classifier-epochs", type=_positive_int, default=12,
                           help="epochs for the judge classifier, when the run has none yet (default 12)")
