@@ -46,10 +46,11 @@ def tf1_bilinear_resize(images: Tensor, size: int) -> Tensor:
 
     y_low, y_high, dy = axis(images.shape[-2])
     x_low, x_high, dx = axis(images.shape[-1])
-    top, bottom = images.index_select(-2, y_low), images.index_select(-2, y_high)
-    rows = top + (bottom - top) * dy.view(-1, 1)
-    left, right = rows.index_select(-1, x_low), rows.index_select(-1, x_high)
-    return left + (right - left) * dx
+    # along x first, then y: the order of the reference implementation, so results match bit for bit
+    left, right = images.index_select(-1, x_low), images.index_select(-1, x_high)
+    columns = left + (right - left) * dx
+    top, bottom = columns.index_select(-2, y_low), columns.index_select(-2, y_high)
+    return top + (bottom - top) * dy.view(-1, 1)
 
 
 class ConvBN(nn.Module):
