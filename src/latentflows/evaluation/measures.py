@@ -85,10 +85,10 @@ def mean_pairwise_distance(images: Tensor, batch_size: int = 512) -> float:
     """Mean pixel distance over all pairs of different images: how varied a set is."""
     if len(images) < 2:
         raise ValueError("diversity needs at least 2 images")
-    flat = _flat(images)
+    flat = _flat(images).double()
     total = 0.0
     for i in range(0, len(flat), batch_size):
-        total += float(torch.cdist(flat[i : i + batch_size].double(), flat.double()).sum())
+        total += float(torch.cdist(flat[i : i + batch_size], flat).sum())
     n = len(flat)
     return total / (n * (n - 1)) / math.sqrt(flat.shape[1])
 

@@ -115,18 +115,22 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
     _log(progress, "evaluate: diversity and nearest training images")
     diversity, memorisation, neighbours = {}, {}, []
     for c, name in enumerate(names):
-        real = val_set.images[val_set.labels == c]
+        chosen = val_set.labels == c
+        real, decoded_images = val_set.images[chosen], reconstructions[chosen]
         if name not in samples or len(samples[name]) < 2 or len(real) < 2:
             continue
         generated = measures.mean_pairwise_distance(samples[name])
-        decoded = measures.mean_pairwise_distance(reconstructions[val_set.labels == c])
+        decoded = measures.mean_pairwise_distance(decoded_images)
         diversity[name] = {"generated": generated, "val_reconstruction": decoded,
                            "real": measures.mean_pairwise_distance(real), "ratio": _ratio(generated, decoded)}
         # Decoded images are smoother than photos, so the like-for-like reference for the
         # samples is the decoded validation images: ratio << 1 means copies of training images.
-        distances, index = measures.nearest_neighbours(samples[name], train_set.images)
-        real_distances, _ = measures.nearest_neighbours(real, train_set.images)
-        decoded_distances, _ = measures.nearest_neighbours(reconstructions[val_set.labels == c], train_set.images)
+        # One search for all three sets: the training images are flattened once.
+        all_distances, all_index = measures.nearest_neighbours(
+            torch.cat([samples[name], real, decoded_images]), train_set.images)
+        distances, real_distances, decoded_distances = all_distances.split(
+            [len(samples[name]), len(real), len(decoded_images)])
+        index = all_index[: len(samples[name])]
         memorisation[name] = {"generated_to_train": measures.distance_summary(distances),
                               "val_reconstruction_to_train": measures.distance_summary(decoded_distances),
                               "val_to_train": measures.distance_summary(real_distances),
@@ -325,7 +329,6 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
         if not isinstance(classifier, ImageClassifier) or classifier.num_classes != len(pipeline.class_names):
             raise ModelFileError(f"{classifier_dir}: not a classifier for this run's {len(pipeline.class_names)} "
                                  f"classes; remove it and evaluate again to train a new one")
-        classifier.eval()
     report, artefacts = evaluate(pipeline, train_set, val_set, samples_per_class=samples_per_class, seed=seed,
                                  temperature=temperature, feature_extractor=extractor, no_features_reason=fid_source,
                                  classifier=classifier, classifier_epochs=classifier_epochs, progress=progress)
@@ -333,8 +336,8 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
         save_model(classifier_dir, artefacts["classifier"])
     report["run"] = str(run_dir)
     report["classifier"]["judge"] = str(classifier_dir)
-    report["data"] = {"source": source, "split_seed": config.get("seed", 0),
-                      "val_fraction": config.get("val_fraction", 0.1)} if source else {"source": "as in run.json"}
+    report["data"] = {"source": source or "as in run.json", "split_seed": config.get("seed", 0),
+                      "val_fraction": config.get("val_fraction", 0.1)}
     if extractor is not None:
         report["fid"]["weights"] = fid_source
     if artefacts["neighbours"]:
