@@ -17,8 +17,13 @@ import time
 import torch
 
 from latentflows import ConditionalRealNVP, ConvAutoencoder, LatentFlowPipeline
-from latentflows.pipeline import autoencoder_loss, flow_loss
-from latentflows.training import Batches, Trainer, adam
+from latentflows.training import Batches, NegativeLogLikelihood, Objective, Reconstruction, Trainer, adam
+from latentflows.training.stages import AutoencoderTraining, FlowTraining
+
+
+def call(model, batch):
+    """The stages' loss function: the stage model returns its objective's losses."""
+    return model(*batch)
 
 
 def rate(step, items_per_step: int, seconds: float, warmup: int = 2) -> float:
@@ -32,10 +37,12 @@ def rate(step, items_per_step: int, seconds: float, warmup: int = 2) -> float:
 
 
 def autoencoder_rate(width: int, batch: int, seconds: float, compile: bool = False) -> float:
-    model = ConvAutoencoder(256, width)
-    trainer = Trainer(model, adam(model.parameters(), 1e-4, 1e-5), autoencoder_loss, progress=False, compile=compile)
+    autoencoder = ConvAutoencoder(256, width)
+    model = AutoencoderTraining(autoencoder, Objective({"reconstruction": Reconstruction()}))
+    trainer = Trainer(model, adam(autoencoder.parameters(), 1e-4, 1e-5), call, progress=False, compile=compile)
     images = torch.randint(0, 256, (batch * 8, 3, 64, 64), dtype=torch.uint8)
-    batches = iter(Batches([images], batch, shuffle=True))
+    labels = torch.randint(0, 2, (batch * 8,))
+    batches = iter(Batches([images, labels], batch, shuffle=True))
     model.train()
 
     def step():
@@ -43,14 +50,15 @@ def autoencoder_rate(width: int, batch: int, seconds: float, compile: bool = Fal
         try:
             trainer.train_step(next(batches))
         except StopIteration:
-            batches = iter(Batches([images], batch, shuffle=True))
+            batches = iter(Batches([images, labels], batch, shuffle=True))
 
     return rate(step, batch, seconds)
 
 
 def flow_rate(batch: int, seconds: float, compile: bool = False) -> float:
-    flow = ConditionalRealNVP(256, 2, couplings=12, hidden=[256, 256])  # the notebook's flow
-    trainer = Trainer(flow, adam(flow.parameters(), 1e-4, 1e-5), flow_loss, progress=False, compile=compile)
+    flow = ConditionalRealNVP(256, 2, couplings=12, hidden=[256, 256], standardize=True)  # the notebook's flow
+    model = FlowTraining(flow, 0.0, Objective({"nll": NegativeLogLikelihood()}), torch.zeros(()))
+    trainer = Trainer(model, adam(flow.parameters(), 1e-4, 1e-5), call, progress=False, compile=compile)
     x = torch.randn(batch, 256)
     context = torch.nn.functional.one_hot(torch.arange(batch) % 2, 2).float()
     flow.train()
@@ -58,8 +66,8 @@ def flow_rate(batch: int, seconds: float, compile: bool = False) -> float:
 
 
 def generation_rate(width: int, n: int, seconds: float) -> float:
-    pipeline = LatentFlowPipeline(ConvAutoencoder(256, width), ConditionalRealNVP(256, 2), torch.zeros(256),
-                                  torch.ones(256), ["cat", "dog"]).eval()
+    pipeline = LatentFlowPipeline(ConvAutoencoder(256, width), ConditionalRealNVP(256, 2, standardize=True),
+                                  ["cat", "dog"]).eval()
     return rate(lambda: pipeline.generate("dog", n), n, seconds, warmup=1)
 
 

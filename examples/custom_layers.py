@@ -15,9 +15,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import latentflows as lf  # noqa: E402
 from housing import baseline_rmse, load_housing, rmse  # noqa: E402
-from latentflows.layers import L1, Dense, GaussianNoise, Lambda, NonNegative, SumProductRatio  # noqa: E402
+
+import latentflows as lf  # noqa: E402
+from latentflows.contrib import SumProductRatio  # noqa: E402
+from latentflows.layers import L1, Dense, GaussianNoise, Lambda, NonNegative  # noqa: E402
 from latentflows.losses import MSELoss  # noqa: E402
 from latentflows.saving import load_model, save_model  # noqa: E402
 from latentflows.training import Batches, Trainer, adam, supervised  # noqa: E402

@@ -15,9 +15,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from housing import baseline_rmse, load_housing, rmse  # noqa: E402
+from torchmetrics import MeanAbsoluteError  # noqa: E402
+
 from latentflows.layers import L2, Dense, regularization_loss  # noqa: E402
 from latentflows.metrics import MeanMetric  # noqa: E402
-from torchmetrics import MeanAbsoluteError  # noqa: E402
 
 
 def random_batch(X, y, batch_size, generator):

@@ -14,8 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from housing import load_housing  # noqa: E402
 from huber_regression import Regressor  # noqa: E402
+
+from latentflows.contrib import Precision  # noqa: E402
 from latentflows.losses import MSELoss  # noqa: E402
-from latentflows.metrics import HuberMetric, Precision  # noqa: E402
+from latentflows.metrics import HuberMetric  # noqa: E402
 from latentflows.training import Batches, Trainer, adam, supervised  # noqa: E402
 
 

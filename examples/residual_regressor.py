@@ -14,8 +14,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import latentflows as lf  # noqa: E402
 from housing import baseline_rmse, load_housing, rmse  # noqa: E402
+
+import latentflows as lf  # noqa: E402
 from latentflows.layers import AddsLosses, Dense, ResidualBlock  # noqa: E402
 from latentflows.losses import MSELoss  # noqa: E402
 from latentflows.training import Batches, Trainer, adam, supervised  # noqa: E402

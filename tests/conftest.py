@@ -1,11 +1,7 @@
 import os
-from pathlib import Path
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_PARQUET = Path(os.environ.get("LATENTFLOWS_SHARED_DATA", REPO.parent / "shared" / "data")) / "oxford-pets-64.parquet"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -34,10 +30,19 @@ def no_downloads():
 
 
 @pytest.fixture(scope="session")
-def shared_parquet():
-    if not SHARED_PARQUET.is_file():
-        pytest.skip(f"shared data not found at {SHARED_PARQUET}")
-    return SHARED_PARQUET
+def pets_parquet(tmp_path_factory):
+    """The embedded photos as one parquet file in the hub schema (image, label, dog): a data
+    file as a user would pass it, made from what every clone has, so nothing skips."""
+    import pyarrow.parquet as pq
+
+    from latentflows.data import embedded_files
+
+    path = tmp_path_factory.mktemp("parquet") / "oxford-pets-64.parquet"
+    tables = [pq.read_table(file) for file in embedded_files()]
+    import pyarrow as pa
+
+    pq.write_table(pa.concat_tables(tables), path)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -50,8 +55,9 @@ def pets():
 @pytest.fixture(scope="session")
 def small_pets(pets):
     """A stratified slice of the real embedded pets: 240 images."""
-    keep, _ = pets.split(1 - 240 / len(pets), seed=0)
-    return keep
+    from latentflows.runs import apply_limit
+
+    return apply_limit(pets, 240, seed=0)
 
 
 @pytest.fixture(autouse=True)
@@ -62,9 +68,8 @@ def deterministic():
 @pytest.fixture(scope="session")
 def tiny_config():
     """A training config small enough for seconds on CPU, with real data."""
-    from dataclasses import replace
-
     from latentflows import PRESETS
 
-    return replace(PRESETS["quick"], width=8, fc_dim=64, embedding_dim=32, ae_epochs=2, ae_batch_size=32,
-                   couplings=3, hidden=[32], flow_epochs=3, flow_batch_size=64, flow_patience=None)
+    return PRESETS["quick"].with_options(width=8, embedding_dim=32, ae_epochs=2, ae_batch_size=32, couplings=3,
+                                         hidden=[32], flow_epochs=3, flow_batch_size=64).with_values(
+        {"stages.autoencoder.config.model.config.fc_dim": 64, "stages.flow.config.patience": None})

@@ -8,13 +8,24 @@ import torch
 from torch import nn
 
 import latentflows as lf
-from latentflows.autodiff import StableSoftplus, jacobian_logabsdet, naive_softplus, stable_softplus
+from latentflows.autodiff import StableSoftplus, naive_softplus, stable_softplus
+from latentflows.contrib import Precision, SumProductRatio
 from latentflows.errors import LatentflowsError, UnknownComponentError
-from latentflows.flows import AffineCoupling, ConditionalRealNVP
-from latentflows.layers import (L1, L2, AddsLosses, Dense, GaussianNoise, Lambda, NonNegative, ResidualBlock,
-                                SumProductRatio, apply_constraints, regularization_loss)
+from latentflows.flows import ConditionalRealNVP, Coupling, jacobian_logabsdet
+from latentflows.layers import (
+    L1,
+    L2,
+    AddsLosses,
+    Dense,
+    GaussianNoise,
+    Lambda,
+    NonNegative,
+    ResidualBlock,
+    apply_constraints,
+    regularization_loss,
+)
 from latentflows.losses import FlowNLL, HuberLoss, MSELoss, parse_loss
-from latentflows.metrics import BitsPerDim, HuberMetric, MeanMetric, Precision
+from latentflows.metrics import BitsPerDim, HuberMetric, MeanMetric
 from latentflows.registry import register
 from latentflows.saving import load_model, save_model
 from latentflows.training import Batches, Callback, Trainer, adam, supervised
@@ -36,7 +47,9 @@ def exponential(x):
     HuberLoss(2.0, reduction="sum"), MSELoss(), FlowNLL("bits_per_dim"), HuberMetric(3.0), BitsPerDim(16),
     Precision(0.7), L1(0.2), L2(0.3), NonNegative(), GaussianNoise(0.1), ResidualBlock(8, 3, "elu"),
     Dense(5, "tanh", "glorot_normal", L1(0.01), NonNegative()), Lambda("exponential_for_test"),
-    AffineCoupling(6, "half", [8], 2, scale_fn="softplus", network={"residual": False, "kernel_regularizer": L2(0.1)}),
+    Coupling(6, "half", {"class": "SoftplusAffine"},
+             {"class": "CouplingNet", "config": {"hidden": [8], "kernel_regularizer": L2(0.1)}}, 2),
+    ConditionalRealNVP(6, 2, couplings=2, hidden=[8], standardize=True), lf.Standardize(3),
     lf.ConvAutoencoder(128, 8),
 ])
 def test_every_component_round_trips_through_json(component):
@@ -161,9 +174,9 @@ def test_lambda_multi_io_and_training_only_noise():
 
 
 def test_coupling_network_hooks_residual_and_custom_activation():
-    coupling = AffineCoupling(6, hidden=[16, 16], activation="exponential_for_test",
-                              network={"kernel_initializer": "glorot_normal", "kernel_regularizer": L2(0.1),
-                                       "kernel_constraint": "non_negative", "residual": True})
+    coupling = Coupling(6, conditioner={"class": "CouplingNet", "config": {
+        "hidden": [16, 16], "activation": "exponential_for_test", "kernel_initializer": "glorot_normal",
+        "kernel_regularizer": L2(0.1), "kernel_constraint": "non_negative", "residual": True}})
     assert any(isinstance(m, ResidualBlock) for m in coupling.modules())
     assert any(isinstance(m, Lambda) for m in coupling.modules())
     assert regularization_loss(coupling) > 0
@@ -172,13 +185,12 @@ def test_coupling_network_hooks_residual_and_custom_activation():
 
 
 def test_flow_noise_huber_and_softplus_options_train(small_pets, tiny_config, tmp_path):
-    from dataclasses import replace
-
-    lf.train(small_pets, replace(tiny_config, flow_noise=0.1, ae_loss="huber:2.0", scale_fn="softplus"),
-                        tmp_path / "run", progress=False, figures=False)
+    lf.train(small_pets, tiny_config.with_options(flow_noise=0.1, ae_loss="huber:2.0", scale_fn="softplus"),
+             tmp_path / "run", progress=False, figures=False)
     loaded = lf.load(tmp_path / "run")
-    assert loaded.ae_loss.threshold == 2.0  # the loss's hyperparameter came back with the model
-    assert loaded.flow.scale_fn == "softplus"
+    stage, = [stage for name, stage in lf.RunConfig(loaded.config).stages() if name == "autoencoder"]
+    assert stage.objective().terms["reconstruction"].loss.threshold == 2.0  # the loss's hyperparameter came back
+    assert loaded.flow.bijection_spec["class"] == "SoftplusAffine"
 
 
 # ------------------------------------------------------------------ 5. auxiliary losses
@@ -227,7 +239,8 @@ def test_stable_softplus_matches_the_naive_formula_where_that_is_finite():
 
 
 def test_softplus_scale_coupling_is_exact():
-    coupling = AffineCoupling(4, hidden=[8], scale_fn="softplus").double()
+    coupling = Coupling(4, bijection={"class": "SoftplusAffine"},
+                        conditioner={"class": "CouplingNet", "config": {"hidden": [8]}}).double()
     with torch.no_grad():
         for p in coupling.parameters():
             p.normal_(0, 0.5)
@@ -239,7 +252,7 @@ def test_softplus_scale_coupling_is_exact():
 
 def test_running_statistics_carry_no_gradient():
     flow = ConditionalRealNVP(4, 0, couplings=1).train()
-    flow(torch.randn(8, 4, requires_grad=True))
+    flow.transform(torch.randn(8, 4, requires_grad=True))
     norm = flow.transform.transforms[-1]
     assert norm.running_mean.grad_fn is None and norm.running_var.grad_fn is None
 
@@ -284,10 +297,8 @@ def test_checkpoint_callback_writes_atomically_and_loads_back(tmp_path):
 
 
 def test_residual_option_reaches_the_coupling_networks(small_pets, tiny_config):
-    from dataclasses import replace
-
-    pipeline = lf.train(small_pets, replace(tiny_config, residual=True, hidden=[16, 16], flow_epochs=1, ae_epochs=1),
-                        None, progress=False, figures=False)
+    pipeline = lf.train(small_pets, tiny_config.with_options(residual=True, hidden=[16, 16], flow_epochs=1,
+                                                             ae_epochs=1), None, progress=False, figures=False)
     assert any(isinstance(m, ResidualBlock) for m in pipeline.flow.modules())
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 from latentflows import data as data_module
 from latentflows.data import load_images, to_rgb_array
 from latentflows.errors import DataError
+from latentflows.runs import split_dataset
 
 
 def test_embedded_default_is_the_real_pets(pets):
@@ -18,26 +19,26 @@ def test_embedded_default_is_the_real_pets(pets):
     assert 60 < pets.images.float().mean() < 190  # real photos, not blank
 
 
-def test_shared_parquet_through_the_datasets_path(shared_parquet, pets):
-    species = load_images(shared_parquet)
+def test_pets_parquet_through_the_datasets_path(pets_parquet, pets):
+    species = load_images(pets_parquet)
     assert species.class_names == ["cat", "dog"] and len(species) == 6665
     assert torch.equal(species.labels, pets.labels)
     # the embedded copy is the same photos re-encoded at JPEG quality 95
     difference = (species.images.float() - pets.images.float()).pow(2).mean()
     assert 10 * torch.log10(255**2 / difference) > 35
-    breeds = load_images(shared_parquet, label_field="label")
+    breeds = load_images(pets_parquet, label_field="label")
     assert breeds.num_classes == 37 and "Abyssinian" in breeds.class_names and "beagle" in breeds.class_names
 
 
-def test_cache_makes_the_second_load_skip_decoding(tmp_path, monkeypatch, shared_parquet):
-    first = load_images(shared_parquet, cache_dir=tmp_path)
+def test_cache_makes_the_second_load_skip_decoding(tmp_path, monkeypatch, pets_parquet):
+    first = load_images(pets_parquet, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.safetensors"))) == 1
 
     def refuse(*args, **kwargs):
         raise AssertionError("decoded again despite the cache")
 
     monkeypatch.setattr(data_module, "decode_image", refuse)
-    second = load_images(shared_parquet, cache_dir=tmp_path)
+    second = load_images(pets_parquet, cache_dir=tmp_path)
     assert torch.equal(first.images, second.images) and second.class_names == first.class_names
 
 
@@ -51,12 +52,12 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path, small_folder):
 
 
 def test_split_is_seeded_and_stratified(pets):
-    train_a, val_a = pets.split(0.1, seed=3)
-    train_b, val_b = pets.split(0.1, seed=3)
+    train_a, val_a = split_dataset(pets, 0.1, 3)
+    train_b, val_b = split_dataset(pets, 0.1, 3)
     assert torch.equal(val_a.images, val_b.images)
     assert len(train_a) + len(val_a) == len(pets)
     assert val_a.class_counts() == {"cat": 216, "dog": 451}
-    _, val_c = pets.split(0.1, seed=4)
+    _, val_c = split_dataset(pets, 0.1, 4)
     assert not torch.equal(val_a.images, val_c.images)
 
 
@@ -135,7 +136,7 @@ def test_unknown_source_is_a_clear_error(tmp_path):
         load_images(text)
 
 
-def test_hub_ids_go_through_datasets(monkeypatch, shared_parquet):
+def test_hub_ids_go_through_datasets(monkeypatch, pets_parquet):
     """A hub id is handed to datasets.load_dataset; offline we route it to the local parquet."""
     import datasets
 
@@ -144,7 +145,7 @@ def test_hub_ids_go_through_datasets(monkeypatch, shared_parquet):
 
     def fake(name, *args, **kwargs):
         seen.append(name)
-        return real("parquet", data_files=[str(shared_parquet)], split="train")
+        return real("parquet", data_files=[str(pets_parquet)], split="train")
 
     monkeypatch.setattr(datasets, "load_dataset", fake)
     with warnings.catch_warnings():
@@ -183,8 +184,6 @@ def test_cache_clear_command(tmp_path, monkeypatch, capsys, small_folder):
 
 
 def test_single_class_folder_trains_and_samples(tmp_path, tiny_config, pets):
-    from dataclasses import replace
-
     import latentflows as lf
 
     root = tmp_path / "only"
@@ -192,7 +191,7 @@ def test_single_class_folder_trains_and_samples(tmp_path, tiny_config, pets):
         save(Image.fromarray(image.permute(1, 2, 0).numpy()), root / "pets" / f"{i}.png")
     dataset = load_images(root, use_cache=False)
     assert dataset.class_names == ["pets"]
-    pipeline = lf.train(dataset, replace(tiny_config, ae_epochs=1, flow_epochs=1), None, progress=False, figures=False)
+    pipeline = lf.train(dataset, tiny_config.with_options(ae_epochs=1, flow_epochs=1), None, progress=False, figures=False)
     assert pipeline.generate("pets", 3).images.shape == (3, 3, 64, 64)
 
 

@@ -10,12 +10,22 @@ from torch import nn
 from latentflows import train
 from latentflows.cli import main
 from latentflows.errors import ModelFileError
-from latentflows.evaluation import (FIDInceptionV3, evaluate, feature_distances, format_report,
-                                    load_inception, mean_pairwise_distance, nearest_neighbours, nll_summary,
-                                    reconstruction_quality, train_classifier)
+from latentflows.evaluation import (
+    FIDInceptionV3,
+    evaluate,
+    feature_distances,
+    format_report,
+    load_inception,
+    mean_pairwise_distance,
+    nearest_neighbours,
+    nll_summary,
+    reconstruction_quality,
+    train_classifier,
+)
 from latentflows.evaluation import inception as inception_module
 from latentflows.evaluation.inception import inception_from_file, tf1_bilinear_resize
 from latentflows.interpolation import interpolate, interpolation_path, slerp
+from latentflows.runs import split_dataset
 from latentflows.saving import load_model, save_model
 from latentflows.storage import save_safetensors
 
@@ -35,7 +45,7 @@ def random_inception(seed=0) -> FIDInceptionV3:
 
 @pytest.fixture(scope="module")
 def split(small_pets):
-    return small_pets.split(0.25, seed=0)
+    return split_dataset(small_pets, 0.25, 0)
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +187,7 @@ def test_classifier_learns_and_round_trips(tmp_path, small_pets):
     images = small_pets.images[:160]
     dark = (images.float() * 0.4).to(torch.uint8)
     data = ImageDataset(torch.cat([images, dark]), torch.tensor([0] * 160 + [1] * 160), ["bright", "dark"])
-    train_set, val_set = data.split(0.25, seed=0)
+    train_set, val_set = split_dataset(data, 0.25, 0)
     model, history = train_classifier(train_set, val_set, epochs=3, batch_size=32, width=8, progress=False)
     assert history[-1]["val_accuracy"] > 0.9
     save_model(tmp_path / "clf", model)
@@ -276,15 +286,15 @@ def test_interpolate_decodes_from_one_class_to_the_other(tiny_pipeline):
         assert images.shape == (4, 3, 64, 64) and images.dtype == torch.uint8
     assert torch.equal(rows["linear"][0], rows["spherical"][0]) and torch.equal(rows["linear"][-1], rows["spherical"][-1])
     ends = torch.randn(2, tiny_pipeline.flow.features, generator=torch.Generator().manual_seed(5))
-    start, _ = tiny_pipeline.flow.inverse(ends[:1], tiny_pipeline.one_hot(torch.tensor([0])))
+    start, _ = tiny_pipeline.flow.transform.inverse(ends[:1], tiny_pipeline.one_hot(torch.tensor([0])))
     assert torch.equal(rows["linear"][0], tiny_pipeline.decode(start)[0])
 
 
 # ---------------------------------------------------------------------- CLI
 
-def test_cli_evaluate_compare_interpolate(tmp_path, shared_parquet, capsys):
+def test_cli_evaluate_compare_interpolate(tmp_path, pets_parquet, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(shared_parquet), "--limit", "200", "--out", str(run), *TINY]) == 0
+    assert main(["train", "--data", str(pets_parquet), "--limit", "200", "--out", str(run), *TINY]) == 0
     assert main(["evaluate", str(run), "--fid-weights", str(tmp_path / "none.safetensors"), "--no-progress"]) == 2
     assert "none.safetensors" in capsys.readouterr().err and not (run / "eval.json").exists()
 

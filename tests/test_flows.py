@@ -3,10 +3,19 @@ import math
 import pytest
 import torch
 
-from latentflows.autodiff import jacobian_logabsdet
 from latentflows.errors import UnknownComponentError
-from latentflows.flows import (AffineCoupling, Composite, ConditionalRealNVP, InvertibleBatchNorm,
-                               RandomPermutation, coupling_mask, held_batch_statistics)
+from latentflows.flows import (
+    Composite,
+    ConditionalRealNVP,
+    Coupling,
+    FlowDistribution,
+    InvertibleBatchNorm,
+    RandomPermutation,
+    Standardize,
+    coupling_mask,
+    held_batch_statistics,
+    jacobian_logabsdet,
+)
 from latentflows.registry import deserialize, serialize
 
 D, C, B = 6, 3, 7
@@ -28,17 +37,30 @@ def one_hot(n, classes=C):
     return torch.nn.functional.one_hot(torch.arange(n) % classes, classes).float()
 
 
+def net(hidden, shared=True):
+    return {"class": "CouplingNet", "config": {"hidden": hidden, "shared": shared}}
+
+
+def coupling(bijection="TanhAffine", mask="alternate", hidden=(16, 16), context_size=0, shared=True, flip=False):
+    return Coupling(D, mask, {"class": bijection, "config": {}}, net(list(hidden), shared), context_size, flip)
+
+
 def layers(context_size):
-    yield "coupling-alternate", AffineCoupling(D, "alternate", [16, 16], context_size)
-    yield "coupling-half-flip", AffineCoupling(D, "half", [16], context_size, flip=True)
-    yield "coupling-two-networks", AffineCoupling(D, "alternate", [16, 16], context_size, shared_network=False)
+    yield "coupling-tanh-affine", coupling("TanhAffine", context_size=context_size)
+    yield "coupling-softplus-affine", coupling("SoftplusAffine", context_size=context_size)
+    yield "coupling-additive", coupling("Additive", "half", [16], context_size)
+    yield "coupling-half-flip", coupling("TanhAffine", "half", [16], context_size, flip=True)
+    yield "coupling-two-networks", coupling("TanhAffine", context_size=context_size, shared=False)
+    yield "coupling-explicit-mask", coupling("TanhAffine", [True, True, False, True, False, False], [8], context_size)
     yield "permutation", RandomPermutation(D, seed=3)
     yield "batchnorm", InvertibleBatchNorm(D)
-    yield "composite", Composite([AffineCoupling(D, hidden=[8], context_size=context_size), RandomPermutation(D),
-                                  InvertibleBatchNorm(D), AffineCoupling(D, "half", [8], context_size)])
-    yield "realnvp", ConditionalRealNVP(D, context_size, couplings=3, hidden=[16, 16])
-    yield "realnvp-no-perm-no-bn", ConditionalRealNVP(D, context_size, couplings=3, hidden=[16],
-                                                      batch_norm=False, permute=False, mask="half")
+    yield "standardize", Standardize(D, torch.randn(D), torch.rand(D) + 0.5)
+    yield "composite", Composite([coupling(hidden=[8], context_size=context_size), RandomPermutation(D),
+                                  InvertibleBatchNorm(D), coupling("TanhAffine", "half", [8], context_size)])
+    yield "realnvp", ConditionalRealNVP(D, context_size, couplings=3, hidden=[16, 16], standardize=True,
+                                        mean=torch.randn(D), std=torch.rand(D) + 0.5).transform
+    yield "realnvp-no-perm-no-bn", ConditionalRealNVP(D, context_size, couplings=3, hidden=[16], batch_norm=False,
+                                                      permute=False, mask="half").transform
 
 
 CASES = [(name, context_size, mode) for context_size in (0, C) for name, _ in layers(context_size)
@@ -63,6 +85,9 @@ def test_round_trip_float32(name, context_size, mode):
     assert logabsdet.shape == (B,)
     if name != "permutation":
         assert not torch.allclose(z, x), "the transform should not be the identity here"
+    if name.startswith("coupling") and context_size:
+        other, _ = module(x, context.roll(1, dims=1))
+        assert not torch.allclose(other, z), "the context should change the transform"
 
 
 @pytest.mark.parametrize("name,context_size,mode", CASES)
@@ -82,9 +107,38 @@ def test_logabsdet_matches_autograd_jacobian(name, context_size, mode):
 def test_context_changes_the_transform():
     flow = randomize(ConditionalRealNVP(D, C, couplings=2, hidden=[8])).eval()
     x = torch.randn(B, D)
-    z_a, _ = flow(x, one_hot(B))
-    z_b, _ = flow(x, one_hot(B).roll(1, dims=1))
+    z_a, _ = flow.transform(x, one_hot(B))
+    z_b, _ = flow.transform(x, one_hot(B).roll(1, dims=1))
     assert not torch.allclose(z_a, z_b)
+
+
+def test_flow_called_with_a_context_is_a_torch_distribution():
+    flow = randomize(ConditionalRealNVP(D, C, couplings=2, hidden=[8])).double().eval()
+    dog = flow(one_hot(1)[0].double())
+    assert isinstance(dog, torch.distributions.Distribution) and isinstance(dog, FlowDistribution)
+    assert dog.batch_shape == () and dog.event_shape == (D,)
+    x = dog.sample((4, 3))
+    assert x.shape == (4, 3, D) and dog.log_prob(x).shape == (4, 3)
+    z, logabsdet = flow.transform(x.reshape(-1, D), one_hot(1).double().expand(12, -1))
+    expected = flow.base.log_prob(z) + logabsdet
+    assert torch.allclose(dog.log_prob(x).reshape(-1), expected)
+    samples, log_prob = dog.sample_and_log_prob((5,))
+    assert torch.allclose(log_prob, dog.log_prob(samples), atol=1e-8)
+    batch = flow(one_hot(B).double())  # one context per row
+    assert batch.batch_shape == (B,) and batch.sample().shape == (B, D)
+    rsampled = flow(one_hot(1)[0].double()).rsample((2,))
+    assert rsampled.requires_grad  # reparametrized: gradients reach the flow's parameters
+
+
+def test_standardize_head_gives_the_density_of_the_raw_data():
+    mean, std = torch.randn(D, dtype=torch.float64), torch.rand(D, dtype=torch.float64) + 0.5
+    plain = randomize(ConditionalRealNVP(D, C, couplings=2, hidden=[8])).double().eval()
+    headed = ConditionalRealNVP(D, C, couplings=2, hidden=[8], standardize=True, mean=mean, std=std).double()
+    headed.body.load_state_dict(plain.transform.state_dict())
+    headed.eval()
+    x = torch.randn(B, D, dtype=torch.float64)
+    expected = plain.log_prob((x - mean) / std, one_hot(B).double()) - std.log().sum()
+    assert torch.allclose(headed.log_prob(x, one_hot(B).double()), expected)
 
 
 def test_batchnorm_training_uses_batch_stats_and_updates_running_averages():
@@ -135,7 +189,8 @@ def test_samples_follow_the_base_at_identity():
 
 
 def test_config_round_trip_rebuilds_an_equal_flow():
-    flow = randomize(ConditionalRealNVP(D, C, couplings=2, hidden=[8], mask="half", shared_network=False)).eval()
+    flow = randomize(ConditionalRealNVP(D, C, couplings=2, mask="half", conditioner=net([8], shared=False),
+                                        bijection={"class": "SoftplusAffine"}, standardize=True)).eval()
     spec = serialize(flow)
     import json
 
@@ -143,7 +198,7 @@ def test_config_round_trip_rebuilds_an_equal_flow():
     rebuilt.load_state_dict(flow.state_dict())
     rebuilt.eval()
     x = torch.randn(B, D)
-    assert torch.equal(flow(x, one_hot(B))[0], rebuilt(x, one_hot(B))[0])
+    assert torch.equal(flow.transform(x, one_hot(B))[0], rebuilt.transform(x, one_hot(B))[0])
 
 
 def test_unknown_component_names_it_and_says_how_to_register():
@@ -156,10 +211,16 @@ def test_masks_split_features_in_two():
     assert coupling_mask(4, "half", flip=True).tolist() == [True, True, False, False]
     with pytest.raises(ValueError, match="unknown mask"):
         coupling_mask(4, "checkerboard")
+    with pytest.raises(ValueError, match="at least one feature unchanged"):
+        coupling_mask(3, [True, True, True])
 
 
 def test_context_errors_are_clear():
     with pytest.raises(ValueError, match="pass a context"):
-        ConditionalRealNVP(D, C, couplings=1)(torch.randn(2, D))
+        ConditionalRealNVP(D, C, couplings=1).log_prob(torch.randn(2, D))
     with pytest.raises(ValueError, match="shape"):
-        ConditionalRealNVP(D, C, couplings=1)(torch.randn(2, D + 1), one_hot(2))
+        ConditionalRealNVP(D, C, couplings=1).log_prob(torch.randn(2, D + 1), one_hot(2))
+    with pytest.raises(ValueError, match="context must have 3 features"):
+        ConditionalRealNVP(D, C, couplings=1)(torch.zeros(C + 1))
+    with pytest.raises(UnknownComponentError, match="not a ElementwiseBijection"):
+        Coupling(D, bijection={"class": "RandomPermutation", "config": {}})

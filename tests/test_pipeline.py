@@ -4,6 +4,7 @@ import torch
 import latentflows as lf
 from latentflows.errors import LatentflowsError, ModelFileError, RunExistsError
 
+
 @pytest.fixture(scope="module")
 def trained(small_pets, tmp_path_factory, tiny_config):
     run = tmp_path_factory.mktemp("runs") / "tiny"
@@ -43,17 +44,32 @@ def test_samples_are_sorted_by_log_density_and_it_is_the_models(trained):
     samples = pipeline.generate("cat", 12, temperature=0.8, seed=1)
     assert samples.images.shape == (12, 3, 64, 64) and samples.images.dtype == torch.uint8
     assert torch.all(samples.log_prob[:-1] >= samples.log_prob[1:])
-    flow = pipeline.flow
+    flow = pipeline.flow.eval()
     cat, dog = (flow.sample(4, pipeline.one_hot(torch.tensor([k])), generator=torch.Generator().manual_seed(1))
                 for k in (0, 1))
-    assert (cat - dog).abs().max() > 1e-3  # the class changes the sampled embeddings
+    # the ranking is the model's own density of the decoded embeddings
+    embeddings, log_prob = flow.sample_and_log_prob(5, pipeline.one_hot(torch.tensor([0])),
+                                                    generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(log_prob, flow.log_prob(embeddings, pipeline.one_hot(torch.tensor([0]))), atol=1e-3)
+    # the class changes the sampled embeddings (compared in standardized units)
+    assert (flow.head(cat)[0] - flow.head(dog)[0]).abs().max() > 1e-3
 
 
-def test_embeddings_are_standardized(trained, small_pets, tiny_config):
+def test_flow_head_standardizes_the_training_embeddings(trained, small_pets, tiny_config):
     pipeline, _ = trained
-    train_set, _ = small_pets.split(tiny_config.val_fraction, tiny_config.seed)
-    embeddings = pipeline.embed(train_set.images)
-    assert embeddings.mean(0).abs().max() < 1e-3 and (embeddings.std(0) - 1).abs().max() < 1e-3
+    train_set, _ = lf.runs.run_split(small_pets, tiny_config)
+    standardized, _ = pipeline.flow.head(pipeline.embed(train_set.images))
+    assert standardized.mean(0).abs().max() < 1e-3 and (standardized.std(0) - 1).abs().max() < 1e-3
+
+
+def test_embed_decode_and_generate_restore_the_mode_they_found(trained, small_pets):
+    pipeline, _ = trained
+    pipeline.train()
+    pipeline.generate("cat", 2)
+    pipeline.reconstruct(small_pets.images[:2])
+    pipeline.log_prob(small_pets.images[:2], small_pets.labels[:2])
+    assert all(module.training for module in pipeline.modules())
+    pipeline.eval()
 
 
 def test_unknown_class_lists_the_known_ones(trained):

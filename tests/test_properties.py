@@ -22,8 +22,8 @@ def test_any_finite_input_round_trips(x, label):
     x = torch.from_numpy(x)
     context = torch.nn.functional.one_hot(torch.tensor([label] * 3), 2).float()
     with torch.no_grad():
-        z, logabsdet = FLOW(x, context)
-        back, inverse_logabsdet = FLOW.inverse(z, context)
+        z, logabsdet = FLOW.transform(x, context)
+        back, inverse_logabsdet = FLOW.transform.inverse(z, context)
     assert torch.isfinite(z).all() and torch.isfinite(logabsdet).all()
     scale = 1 + x.abs().max()
     assert (back - x).abs().max() <= 1e-4 * scale

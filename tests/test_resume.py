@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 
 import pytest
 import torch
@@ -37,7 +36,7 @@ class InterruptAt(Callback):
 
 @pytest.mark.parametrize("stage,epoch", [("autoencoder", 2), ("flow", 2), ("flow", 5)])
 def test_resume_after_interruption_matches_uninterrupted(small_pets, tiny_config, tmp_path, monkeypatch, stage, epoch):
-    config = replace(tiny_config, ae_epochs=3, flow_epochs=6, flow_patience=3, flow_noise=0.05)
+    config = tiny_config.with_options(ae_epochs=3, flow_epochs=6, flow_patience=3, flow_noise=0.05)
     full = tmp_path / "full"
     lf.train(small_pets, config, full, progress=False, figures=False)
     assert not (full / "checkpoints").exists()  # removed once the run is complete
@@ -73,8 +72,8 @@ def cli(*args):
     return [sys.executable, "-m", "latentflows", "train", "--no-progress", *args]
 
 
-def test_sigkill_mid_training_then_resume_gives_the_same_weights(tmp_path, shared_parquet):
-    settings = ["--data", str(shared_parquet), "--limit", "600", "--width", "8", "--embedding-dim", "32",
+def test_sigkill_mid_training_then_resume_gives_the_same_weights(tmp_path, pets_parquet):
+    settings = ["--data", str(pets_parquet), "--limit", "600", "--width", "8", "--embedding-dim", "32",
                 "--ae-epochs", "4", "--couplings", "2", "--hidden", "32", "--flow-epochs", "6"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     full = tmp_path / "full"
@@ -97,8 +96,8 @@ def test_sigkill_mid_training_then_resume_gives_the_same_weights(tmp_path, share
     assert_same_weights(weights(run), weights(full))
 
 
-def test_ctrl_c_exits_cleanly_and_the_run_resumes(tmp_path, shared_parquet):
-    settings = ["--data", str(shared_parquet), "--limit", "600", "--width", "8", "--embedding-dim", "32",
+def test_ctrl_c_exits_cleanly_and_the_run_resumes(tmp_path, pets_parquet):
+    settings = ["--data", str(pets_parquet), "--limit", "600", "--width", "8", "--embedding-dim", "32",
                 "--ae-epochs", "4", "--couplings", "2", "--hidden", "32", "--flow-epochs", "2"]
     run = tmp_path / "run"
     process = subprocess.Popen(cli(*settings, "--out", str(run)), env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -119,7 +118,7 @@ def test_ctrl_c_exits_cleanly_and_the_run_resumes(tmp_path, shared_parquet):
 
 def test_files_from_a_newer_version_are_refused_with_a_clear_error(tmp_path, small_pets, tiny_config):
     run = tmp_path / "run"
-    lf.train(small_pets, replace(tiny_config, ae_epochs=1, flow_epochs=1), run, progress=False, figures=False)
+    lf.train(small_pets, tiny_config.with_options(ae_epochs=1, flow_epochs=1), run, progress=False, figures=False)
     config = json.loads((run / "config.json").read_text())
     config["format_version"] = 99
     (run / "config.json").write_text(json.dumps(config))
@@ -130,10 +129,8 @@ def test_files_from_a_newer_version_are_refused_with_a_clear_error(tmp_path, sma
 @pytest.mark.parametrize("preset", ["seed", "quick"])
 def test_flow_of_each_preset_stays_finite_at_learning_rate_1e3(small_pets, tiny_config, preset, tmp_path):
     """The presets' flows (12 couplings, [256, 256]) on real embeddings at lr 1e-3: no NaN, no skipped step."""
-    flow_settings = {k: getattr(lf.PRESETS[preset], k) for k in
-                     ("couplings", "hidden", "batch_norm", "permute", "mask", "shared_network", "flow_batch_size",
-                      "flow_noise", "scale_fn")}
-    config = replace(tiny_config, embedding_dim=256, ae_epochs=1, flow_epochs=3, flow_lr=1e-3, **flow_settings)
+    config = tiny_config.with_values({"stages.flow": lf.PRESETS[preset].get("stages.flow")}).with_options(
+        embedding_dim=256, ae_epochs=1, flow_epochs=3, flow_lr=1e-3)
     pipeline = lf.train(small_pets, config, tmp_path / "run", progress=False, figures=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows].count("flow") == 3

@@ -2,20 +2,36 @@
 
 An autoencoder compresses images to embeddings, a conditional RealNVP learns their
 distribution per class, and sampling decodes new embeddings ranked by log-density.
+The data's path, top to bottom: ``data`` (sources -> uint8 tensors) -> ``runs`` (the
+run folder and its split) -> ``training`` (stages: autoencoder, then flow) ->
+``pipeline`` (generate, save, load) -> ``evaluation``. See docs/architecture.md.
 """
 
+from . import layers, losses, metrics  # noqa: F401  (register their components)
 from ._version import __version__
 from .autoencoder import ConvAutoencoder
-from .config import PRESETS, TrainConfig
+from .config import PRESETS, RunConfig
 from .data import ImageDataset, load_images
 from .errors import DataError, LatentflowsError, ModelFileError
-from .flows import AffineCoupling, Composite, ConditionalRealNVP, InvertibleBatchNorm, RandomPermutation, Transform
-from .pipeline import LatentFlowPipeline, Samples, load, train
+from .flows import (
+                    Composite,
+                    ConditionalRealNVP,
+                    Coupling,
+                    Flow,
+                    InvertibleBatchNorm,
+                    RandomPermutation,
+                    Standardize,
+                    Transform,
+)
+from .pipeline import LatentFlowPipeline, Samples, load
 from .registry import Configurable, deserialize, register, serialize
+from .runs import RunFolder
+from .runtime import Runtime
+from .training import train
 
 __all__ = [
-    "__version__", "ConvAutoencoder", "PRESETS", "TrainConfig", "ImageDataset", "load_images",
-    "DataError", "LatentflowsError", "ModelFileError", "AffineCoupling", "Composite", "ConditionalRealNVP",
-    "InvertibleBatchNorm", "RandomPermutation", "Transform", "LatentFlowPipeline", "Samples", "load", "train",
-    "Configurable", "deserialize", "register", "serialize",
+    "__version__", "ConvAutoencoder", "PRESETS", "RunConfig", "ImageDataset", "load_images",
+    "DataError", "LatentflowsError", "ModelFileError", "Composite", "ConditionalRealNVP", "Coupling", "Flow",
+    "InvertibleBatchNorm", "RandomPermutation", "Standardize", "Transform", "LatentFlowPipeline", "Samples", "load",
+    "Configurable", "deserialize", "register", "serialize", "RunFolder", "Runtime", "train",
 ]

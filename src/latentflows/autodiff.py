@@ -1,37 +1,13 @@
-"""Autodiff utilities: exact Jacobians and log-determinants of transforms, for checking flows."""
+"""Custom gradients: a softplus with its own exact backward.
+
+Exact Jacobians of flow layers (for checking log-determinants) are in
+``latentflows.flows.checks.jacobian_logabsdet``.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-from .flows.batchnorm import held_batch_statistics
-
-
-def jacobian_logabsdet(transform, x: Tensor, context: Tensor | None = None,
-                       direction: str = "forward") -> tuple[Tensor, Tensor]:
-    """Per-sample Jacobians (batch, d, d) and log|det| (batch,) of ``transform``.
-
-    Computed with ``torch.autograd.functional.jacobian`` one sample at a time. A
-    training-mode transform is first run on the whole batch and its batch-norm
-    statistics are then held fixed, so each sample sees the same function as in that pass.
-    """
-    if direction not in ("forward", "inverse"):
-        raise ValueError(f"direction must be 'forward' or 'inverse', got {direction!r}")
-    apply = transform if direction == "forward" else transform.inverse
-    with torch.no_grad():
-        apply(x, context)  # sets the batch statistics that are held below
-    jacobians = []
-    with held_batch_statistics(transform):
-        for i in range(x.shape[0]):
-            row_context = None if context is None else context[i : i + 1]
-
-            def single(v, row_context=row_context):
-                return apply(v.unsqueeze(0), row_context)[0].squeeze(0)
-
-            jacobians.append(torch.autograd.functional.jacobian(single, x[i]))
-    jacobian = torch.stack(jacobians)
-    return jacobian, torch.linalg.slogdet(jacobian).logabsdet
 
 
 class StableSoftplus(torch.autograd.Function):
@@ -39,6 +15,13 @@ class StableSoftplus(torch.autograd.Function):
 
     The naive ``log(exp(x) + 1)`` gives inf at x = 100 and a NaN gradient; here the value is
     ``max(x, 0) + log1p(exp(-|x|))`` and the gradient is ``sigmoid(x)``, exact everywhere.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([100.0], requires_grad=True)
+        >>> StableSoftplus.apply(x).backward()
+        >>> x.grad.item()
+        1.0
     """
 
     @staticmethod
@@ -53,6 +36,7 @@ class StableSoftplus(torch.autograd.Function):
 
 
 def stable_softplus(x: Tensor) -> Tensor:
+    """``StableSoftplus.apply(x)``."""
     return StableSoftplus.apply(x)
 
 

@@ -8,19 +8,34 @@ a mirrored transposed-conv decoder with ReLU and a tanh output; N(0, 0.02) weigh
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from .registry import Configurable, register
+from .runtime import evaluation_mode
 
 
 def to_signed_unit(images: Tensor) -> Tensor:
-    """uint8 [0, 255] -> float [-1, 1]."""
+    """uint8 [0, 255] -> float [-1, 1].
+
+    Example:
+        >>> import torch
+        >>> to_signed_unit(torch.tensor([0, 255], dtype=torch.uint8)).tolist()
+        [-1.0, 1.0]
+    """
     return images.float().mul_(2 / 255).sub_(1)
 
 
 def to_uint8(images: Tensor) -> Tensor:
-    """float [-1, 1] -> uint8 [0, 255], clamped and rounded."""
+    """float [-1, 1] -> uint8 [0, 255], clamped and rounded.
+
+    Example:
+        >>> import torch
+        >>> to_uint8(torch.tensor([-2.0, 0.0, 1.0])).tolist()
+        [0, 128, 255]
+    """
     return ((images.detach().clamp(-1, 1) + 1) * 127.5).round_().to(torch.uint8)
 
 
@@ -34,6 +49,27 @@ def _up(c_in: int, c_out: int) -> list[nn.Module]:
 
 @register
 class ConvAutoencoder(nn.Module, Configurable):
+    """The seed notebook's DCGAN-style autoencoder: images in [-1, 1] <-> embedding vectors.
+
+    Args:
+        embedding_dim: size of the embedding.
+        width: channels of the first conv block (then 2w, 4w, 8w, 8w).
+        image_size: input side in pixels, a multiple of 32.
+        fc_dim: width of the fully connected bottleneck layers.
+        dropout: dropout in the bottleneck.
+
+    References:
+        Radford, Metz, Chintala, "Unsupervised Representation Learning with Deep Convolutional
+        Generative Adversarial Networks", ICLR 2016, arXiv:1511.06434.
+
+    Example:
+        >>> import torch
+        >>> model = ConvAutoencoder(embedding_dim=16, width=4, fc_dim=32).eval()
+        >>> reconstruction, embedding = model(torch.zeros(2, 3, 64, 64))
+        >>> tuple(reconstruction.shape), tuple(embedding.shape)
+        ((2, 3, 64, 64), (2, 16))
+    """
+
     def __init__(self, embedding_dim: int = 256, width: int = 64, image_size: int = 64,
                  fc_dim: int = 1024, dropout: float = 0.2):
         super().__init__()
@@ -79,9 +115,32 @@ class ConvAutoencoder(nn.Module, Configurable):
         embedding = self.encode(x)
         return self.decode(embedding), embedding
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"embedding_dim": self.embedding_dim, "width": self.width, "image_size": self.image_size,
                 "fc_dim": self.fc_dim, "dropout": self.dropout}
+
+
+@torch.no_grad()
+def encode_images(autoencoder: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
+    """uint8 images -> embeddings, in batches, in eval mode (the mode found is restored).
+
+    Images are moved to the autoencoder's device batch by batch, so a data set on the CPU
+    never has to fit on the GPU.
+    """
+    device = next(autoencoder.parameters()).device
+    with evaluation_mode(autoencoder):
+        parts = [autoencoder.encode(to_signed_unit(images[i : i + batch_size].to(device)))
+                 for i in range(0, len(images), batch_size)]
+    return torch.cat(parts) if parts else torch.empty(0, autoencoder.embedding_dim, device=device)
+
+
+@torch.no_grad()
+def decode_embeddings(autoencoder: nn.Module, embeddings: Tensor, batch_size: int = 256) -> Tensor:
+    """Embeddings -> uint8 images on the CPU, in batches, in eval mode (the mode found is restored)."""
+    with evaluation_mode(autoencoder):
+        parts = [to_uint8(autoencoder.decode(embeddings[i : i + batch_size])).cpu()
+                 for i in range(0, len(embeddings), batch_size)]
+    return torch.cat(parts)
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -9,96 +9,30 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-from .config import PRESETS, TrainConfig
+from .config import OPTIONS, PRESETS, integer, parse_set, positive_float, positive_int
 from .errors import LatentflowsError
 
 EXIT_USAGE = 2
 
 
-def _positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+def _argument(parse):
+    """An argparse ``type`` from a config value parser: its ValueError becomes a usage error."""
+
+    def wrapped(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    wrapped.__name__ = getattr(parse, "__name__", "value")
+    return wrapped
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    if text.strip() in ("0", "0.0"):
-        return 0.0
-    return _positive_float(text)
-
-
-def _fraction(text: str) -> float:
-    value = _positive_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text!r}")
-    return value
-
-
-def _sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 256,256, got {text!r}") from None
-    if not sizes or any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"hidden sizes must be positive integers, got {text!r}")
-    return sizes
-
-
-def _on_off(text: str) -> bool:
-    if text.lower() in ("on", "yes", "true", "1"):
-        return True
-    if text.lower() in ("off", "no", "false", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
-
-
-# option name -> (TrainConfig field, type, help)
-TRAIN_OPTIONS = {
-    "--seed": ("seed", _int, "random seed: same seed, same weights and samples on CPU"),
-    "--val-fraction": ("val_fraction", _fraction, "share of each class held out for validation"),
-    "--embedding-dim": ("embedding_dim", _positive_int, "autoencoder embedding size (e.g. 128, 256, 512)"),
-    "--width": ("width", _positive_int, "autoencoder base width (64 = the notebook's)"),
-    "--ae-epochs": ("ae_epochs", _positive_int, "autoencoder epochs"),
-    "--ae-batch-size": ("ae_batch_size", _positive_int, "autoencoder batch size"),
-    "--ae-lr": ("ae_lr", _positive_float, "autoencoder Adam learning rate"),
-    "--ae-loss": ("ae_loss", str, "autoencoder reconstruction loss: mse, huber or huber:THRESHOLD"),
-    "--couplings": ("couplings", _positive_int, "number of affine coupling layers"),
-    "--hidden": ("hidden", _sizes, "hidden sizes of each coupling network, e.g. 256,256"),
-    "--batch-norm": ("batch_norm", _on_off, "invertible batch norm after each coupling (on/off)"),
-    "--permute": ("permute", _on_off, "random permutation after each coupling (on/off)"),
-    "--mask": ("mask", str, "coupling mask: alternate or half"),
-    "--shared-network": ("shared_network", _on_off, "one network for scale and shift (on) or two (off)"),
-    "--residual": ("residual", _on_off, "residual blocks in the coupling networks (on/off; hidden sizes must be equal)"),
-    "--scale-fn": ("scale_fn", str, "coupling scale function: tanh (bounded log-scale) or softplus"),
-    "--flow-noise": ("flow_noise", _non_negative_float, "std of Gaussian noise on the embeddings while the flow trains"),
-    "--flow-epochs": ("flow_epochs", _positive_int, "flow epochs"),
-    "--flow-batch-size": ("flow_batch_size", _positive_int, "flow batch size"),
-    "--flow-lr": ("flow_lr", _positive_float, "flow Adam learning rate"),
-    "--flow-patience": ("flow_patience", _positive_int, "stop the flow after this many epochs without a better "
-                        "validation NLL, keeping the best weights"),
-    "--grad-clip": ("grad_clip", _positive_float, "clip gradient norm to this value"),
-}
+_positive_int = _argument(positive_int)
+_int = _argument(integer)
+_positive_float = _argument(positive_float)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--label-field", help="field giving the class for parquet/hub data (default: dog, else label)")
     train.add_argument("--image-field", default="image", help="field holding the image (default: image)")
     train.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="starting settings (default: quick)")
-    target = train.add_mutually_exclusive_group(required=True)
+    target = train.add_mutually_exclusive_group()
     target.add_argument("--out", type=Path, help="run folder to create")
     target.add_argument("--resume", type=Path, metavar="RUN",
                         help="continue an interrupted run from its last checkpoint (same settings and data)")
@@ -120,8 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="EPOCHS",
                        help="save a resumable checkpoint every this many epochs (default 1)")
     train.add_argument("--compile", action="store_true", default=None, help="torch.compile the training steps")
-    for option, (_, kind, help_text) in TRAIN_OPTIONS.items():
-        train.add_argument(option, type=kind, help=help_text)
+    train.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", type=_argument(parse_set),
+                       help="set any config path, VALUE as JSON, e.g. stages.flow.config.epochs=50 or "
+                            "stages.flow.config.model.config.bijection='{\"class\": \"Additive\"}' (repeatable)")
+    train.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                       help="import a module first (its @latentflows.register components can then be named)")
+    train.add_argument("--show-config", action="store_true", help="print the resulting run config and exit")
+    for name, option in OPTIONS.items():  # parsed in run_train: a bad value is a one-line error
+        train.add_argument(f"--{name}", metavar=name.replace("-", "_").upper(), help=option.help)
 
     sample = commands.add_parser("sample", help="generate images of one class from a trained run")
     sample.add_argument("run", type=Path)
@@ -190,51 +130,71 @@ def run_cache(args) -> None:
 
 def run_train(args) -> None:
     from .data import load_images
-    from .losses import parse_loss
-    from .pipeline import apply_limit, prepare_run_dir, read_run_settings, run_dataset
+    from .runs import RunFolder, apply_limit
 
+    _import_modules(args.imports)
     if args.resume is not None:
-        prepare_run_dir(args.resume, overwrite=False, resume=True)
-        settings = read_run_settings(args.resume)
-        config, data = TrainConfig.from_dict(settings["train_config"]), settings["data"]
+        run = RunFolder(args.resume).prepare(resume=True)
+        config, data = run.read_settings()
         print(f"resuming {args.resume} (settings and data from its run.json)", file=sys.stderr)
-        _train_on(run_dataset(args.resume, progress=not args.no_progress), config, args.resume, data, args,
-                  resume=True)
+        _train_on(run.dataset(progress=not args.no_progress), config, args.resume, data, args, resume=True)
         return
     config = PRESETS[args.preset]
-    for option, (name, _, _) in TRAIN_OPTIONS.items():
-        value = getattr(args, option.lstrip("-").replace("-", "_"))
-        if value is not None:
-            config = replace(config, **{name: value})
-    if args.compile:
-        config = replace(config, compile=True)
     try:
-        parse_loss(config.ae_loss)
+        values = {}
+        for name, option in OPTIONS.items():
+            value = getattr(args, name.replace("-", "_"))
+            if value is not None:
+                try:
+                    values[option.path] = option.to_config(value)
+                except ValueError as error:
+                    raise ValueError(f"--{name}: {error}") from None
+        values.update(dict(args.set))
+        if args.compile:
+            values["compile"] = True
+        config = config.with_values(values)
         config.validate()
     except ValueError as error:
         raise LatentflowsError(str(error)) from None
-    prepare_run_dir(args.out, args.overwrite)  # fail before the slow steps
+    if args.show_config:
+        print(json.dumps(config.as_dict(), indent=2))
+        return
+    if args.out is None:
+        raise LatentflowsError("train needs --out RUN (or --resume RUN)")
+    RunFolder(args.out).prepare(args.overwrite)  # fail before the slow steps
     dataset = load_images(args.data, label_field=args.label_field, image_field=args.image_field,
                           image_size=config.image_size, progress=not args.no_progress)
     data = {"source": str(Path(args.data).resolve()) if args.data and Path(args.data).exists() else args.data,
-            "label_field": args.label_field, "image_field": args.image_field, "limit": args.limit}
+            "label_field": args.label_field, "image_field": args.image_field, "limit": args.limit,
+            "imports": args.imports}
     _train_on(apply_limit(dataset, args.limit, config.seed), config, args.out, data, args, resume=False)
 
 
-def _train_on(dataset, config: TrainConfig, run_dir: Path, data: dict, args, resume: bool) -> None:
-    from .pipeline import train
+def _import_modules(names: list[str]) -> None:
+    import importlib
 
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise LatentflowsError(f"--import {name}: {error}; is it on PYTHONPATH?") from None
+
+
+def _train_on(dataset, config, run_dir: Path, data: dict, args, resume: bool) -> None:
+    from .training import train
+
+    if resume:
+        _import_modules(data.get("imports") or [])
     counts = ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items())
     print(f"data: {len(dataset)} images, {dataset.num_classes} classes ({counts})", file=sys.stderr)
     try:
         pipeline = train(dataset, config, run_dir, overwrite=getattr(args, "overwrite", False), resume=resume,
-                         data_spec=data,
-                         progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
+                         data_spec=data, progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
     except KeyboardInterrupt:
         print(f"latentflows: interrupted; the last completed epoch is saved: continue with "
               f"latentflows train --resume {run_dir}", file=sys.stderr)
         raise SystemExit(130) from None
-    print(f"wrote {run_dir} in {pipeline.train_config['train_seconds']:.0f}s "
+    print(f"wrote {run_dir} in {pipeline.summary['train_seconds']:.0f}s "
           f"(try: latentflows sample {run_dir} --class {dataset.class_names[-1]} -n 16 --out grid.png)")
 
 
@@ -302,6 +262,7 @@ def _check_png_target(path: Path, overwrite: bool) -> None:
 
 def run_info(args) -> None:
     from .pipeline import load
+    from .runs import RunFolder
 
     pipeline = load(args.run)
     flow_parameters = sum(p.numel() for p in pipeline.flow.parameters())
@@ -309,14 +270,11 @@ def run_info(args) -> None:
     info = {"run": str(args.run), "classes": pipeline.class_names,
             "autoencoder": {**pipeline.autoencoder.get_config(), "parameters": ae_parameters},
             "flow": {**pipeline.flow.get_config(), "parameters": flow_parameters},
-            "train_config": pipeline.train_config}
-    metrics = Path(args.run) / "metrics.jsonl"
-    if metrics.exists():
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        for stage in ("autoencoder", "flow"):
-            last = [r for r in rows if r["stage"] == stage]
-            if last:
-                info[f"final_{stage}"] = {k: v for k, v in last[-1].items() if k != "stage"}
+            "summary": pipeline.summary, "config": pipeline.config}
+    rows = RunFolder(args.run).metrics()
+    for stage in dict.fromkeys(r["stage"] for r in rows):
+        last = [r for r in rows if r["stage"] == stage][-1]
+        info[f"final_{stage}"] = {k: v for k, v in last.items() if k != "stage"}
     print(json.dumps(info, indent=2))
 
 

@@ -67,24 +67,6 @@ class ImageDataset:
         indices = torch.as_tensor(indices, dtype=torch.long)
         return ImageDataset(self.images[indices], self.labels[indices], list(self.class_names), self.source)
 
-    def split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple["ImageDataset", "ImageDataset"]:
-        """Seeded split, stratified by class so both parts keep the class proportions."""
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-        generator = torch.Generator().manual_seed(seed)
-        train, val = [], []
-        for label in range(self.num_classes):
-            members = torch.nonzero(self.labels == label).flatten()
-            members = members[torch.randperm(len(members), generator=generator)]
-            n_val = int(round(len(members) * val_fraction))
-            n_val = min(max(n_val, 1), len(members) - 1) if len(members) > 1 else 0
-            val.append(members[:n_val])
-            train.append(members[n_val:])
-        train_idx, val_idx = torch.cat(train).sort().values, torch.cat(val).sort().values
-        if len(val_idx) == 0:
-            raise DataError("too few images to hold out a validation set: add images or lower --val-fraction")
-        return self.subset(train_idx), self.subset(val_idx)
-
 
 # ---------------------------------------------------------------------------- decoding
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .pipeline import LatentFlowPipeline
+from .runtime import evaluation_mode
 
 MODES = ("linear", "spherical")
 
@@ -53,10 +54,11 @@ def interpolate(pipeline: LatentFlowPipeline, start_label: str | int, end_label:
     generator = torch.Generator().manual_seed(seed)
     ends = torch.randn(2, pipeline.flow.features, generator=generator) * temperature
     t = torch.linspace(0, 1, steps).view(-1, 1)
-    context = (1 - t) * pipeline.one_hot(torch.tensor([first])) + t * pipeline.one_hot(torch.tensor([last]))
-    pipeline.flow.eval()
+    context = (1 - t) * pipeline.one_hot(torch.tensor([first])).cpu() + t * pipeline.one_hot(torch.tensor([last])).cpu()
     rows = {}
-    for mode in modes:
-        embeddings, _ = pipeline.flow.inverse(interpolation_path(ends[0], ends[1], steps, mode), context)
-        rows[mode] = pipeline.decode(embeddings)
+    with evaluation_mode(pipeline.flow):
+        for mode in modes:
+            path = interpolation_path(ends[0], ends[1], steps, mode).to(pipeline.device)
+            embeddings, _ = pipeline.flow.transform.inverse(path, context.to(pipeline.device))
+            rows[mode] = pipeline.decode(embeddings)
     return rows

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .registry import Configurable, deserialize, get_registered, register, serialize
+from .registry import Configurable, deserialize, get_registered, register, reserve, serialize
 
 # ---------------------------------------------------------------------------- specs
 
@@ -153,6 +153,10 @@ class NonNegative(Configurable):
 
 REGULARIZERS = {"l1": L1(), "l2": L2()}
 CONSTRAINTS = {"non_negative": NonNegative()}
+reserve(ACTIVATIONS, "activation")
+reserve(INITIALIZERS, "initializer")
+reserve(REGULARIZERS, "regularizer")
+reserve(CONSTRAINTS, "constraint")
 
 
 class WeightHooks:
@@ -243,18 +247,6 @@ class Dense(WeightHooks, nn.Module, Configurable):
                 "kernel_initializer": to_spec(self.initializer_spec),
                 "kernel_regularizer": to_spec(self.kernel_regularizer),
                 "kernel_constraint": to_spec(self.kernel_constraint)}
-
-
-@register
-class SumProductRatio(nn.Module, Configurable):
-    """A layer with two inputs and three outputs: (a + b, a * b, a / b)."""
-
-    def forward(self, inputs: Sequence[Tensor]) -> list[Tensor]:
-        a, b = inputs
-        return [a + b, a * b, a / b]
-
-    def get_config(self):
-        return {}
 
 
 @register

@@ -9,6 +9,7 @@ threshold 2.0.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +45,18 @@ def reduce(values: Tensor, sample_weight: Tensor | None, reduction: str) -> Tens
     if reduction == "none":
         return values
     return values.sum() if reduction == "sum" else values.mean()
+
+
+def to_bits_per_dim(nats: Any, features: int) -> Any:
+    """A negative log-likelihood in nats (per sample) -> bits per dimension.
+
+    The one place this conversion is written: losses, metrics, logs and reports use it.
+
+    Example:
+        >>> round(to_bits_per_dim(256 * math.log(2), 256), 6)
+        1.0
+    """
+    return nats / (features * math.log(2))
 
 
 def _per_sample_mean(elementwise: Tensor) -> Tensor:
@@ -97,7 +110,7 @@ class FlowNLL(Loss):
 
     def from_log_prob(self, log_prob: Tensor, features: int) -> Tensor:
         nll = -log_prob
-        return nll / (features * math.log(2)) if self.unit == "bits_per_dim" else nll
+        return to_bits_per_dim(nll, features) if self.unit == "bits_per_dim" else nll
 
     def get_config(self):
         return {**super().get_config(), "unit": self.unit}

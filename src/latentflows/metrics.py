@@ -7,13 +7,11 @@ the batches alone gave 0.8 and 0.0.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from .losses import huber
+from .losses import huber, to_bits_per_dim
 from .registry import Configurable, register
 
 
@@ -72,33 +70,7 @@ class BitsPerDim(StreamingMean):
         self.features = features
 
     def update(self, log_prob: Tensor) -> None:
-        self.update_values(-log_prob / (self.features * math.log(2)))
+        self.update_values(to_bits_per_dim(-log_prob, self.features))
 
     def get_config(self):
         return {"features": self.features}
-
-
-@register
-class Precision(Metric, Configurable):
-    """Binary precision, true positives / predicted positives, accumulated over batches."""
-
-    full_state_update = False
-
-    def __init__(self, threshold: float = 0.5, **kwargs):
-        super().__init__(**kwargs)
-        self.threshold = threshold
-        self.add_state("true_positives", default=torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("false_positives", default=torch.tensor(0.0), dist_reduce_fx="sum")
-
-    def update(self, prediction: Tensor, target: Tensor) -> None:
-        predicted = torch.as_tensor(prediction, dtype=torch.float32) >= self.threshold
-        actual = torch.as_tensor(target).bool()
-        self.true_positives += (predicted & actual).sum()
-        self.false_positives += (predicted & ~actual).sum()
-
-    def compute(self) -> Tensor:
-        predicted = self.true_positives + self.false_positives
-        return self.true_positives / predicted if predicted > 0 else torch.tensor(0.0)
-
-    def get_config(self):
-        return {"threshold": self.threshold}

@@ -1,10 +1,11 @@
 """Components by name: config round trips and a registry.
 
-Every layer, flow, loss and model of latentflows is ``Configurable``: ``get_config()``
-returns the JSON-safe keyword arguments of its constructor and ``from_config(cfg)``
-rebuilds it. ``@register`` files a class under a name, so a saved model (JSON config +
-safetensors weights) can be rebuilt by name without unpickling anything; a user's own
-component only needs the decorator to be saved and loaded the same way.
+Every layer, flow, loss, stage and model of latentflows is ``Configurable``:
+``get_config()`` returns the JSON-safe keyword arguments of its constructor and
+``from_config(cfg)`` rebuilds it. ``@register`` files a class under a name, so a saved
+model (JSON config + safetensors weights) can be rebuilt by name without unpickling
+anything; a user's own component only needs the decorator to be saved, loaded and named
+in a run config.
 """
 
 from __future__ import annotations
@@ -13,50 +14,85 @@ from typing import Any, TypeVar
 
 from .errors import UnknownComponentError
 
-T = TypeVar("T", bound=type)
+T = TypeVar("T")
 
-_REGISTRY: dict[str, type] = {}
+_REGISTRY: dict[str, Any] = {}
+_RESERVED: dict[str, str] = {}  # built-in hook names ("relu", "l2", ...) -> what they are
 
 
-def register(cls: T | None = None, *, name: str | None = None):
-    """Class decorator: make ``cls`` loadable by ``name`` (default: the class name)."""
+def register(component: T | None = None, *, name: str | None = None) -> Any:
+    """Make a class (or function) loadable by ``name`` (default: its ``__name__``).
 
-    def decorate(klass: T) -> T:
-        key = name or klass.__name__
+    A name can be registered once: a second, different component under a taken name (or
+    under a built-in hook name such as ``"relu"``) is refused with an error that says how
+    to choose another, so a user's component never silently replaces the library's.
+
+    Example:
+        >>> import latentflows as lf
+        >>> @lf.register(name="docs.Twice")
+        ... class Twice(lf.Configurable):
+        ...     def __init__(self, factor: float = 2.0):
+        ...         self.factor = factor
+        ...     def get_config(self):
+        ...         return {"factor": self.factor}
+        >>> lf.deserialize(lf.serialize(Twice(3.0))).factor
+        3.0
+    """
+
+    def decorate(item: T) -> T:
+        key = name or item.__name__
+        if key in _RESERVED:
+            raise ValueError(f"{key!r} is the built-in {_RESERVED[key]}; register {_qualified(item)} "
+                             f"under another name with @register(name=...)")
         known = _REGISTRY.get(key)
-        if known is not None and _qualified(known) != _qualified(klass):
+        if known is not None and _qualified(known) != _qualified(item):
             raise ValueError(
                 f"a component named {key!r} is already registered ({_qualified(known)}); "
-                f"register {_qualified(klass)} under another name with @register(name=...)"
+                f"register {_qualified(item)} under another name with @register(name=...)"
             )
-        _REGISTRY[key] = klass
-        klass.registered_name = key
-        return klass
+        _REGISTRY[key] = item
+        item.registered_name = key
+        return item
 
-    return decorate(cls) if cls is not None else decorate
+    return decorate(component) if component is not None else decorate
 
 
-def _qualified(klass: type) -> str:
-    return f"{klass.__module__}.{klass.__qualname__}"
+def reserve(names: dict[str, Any], kind: str) -> None:
+    """Mark built-in names (e.g. activation names) so no component can be registered under them."""
+    for key in names:
+        if key in _REGISTRY:
+            raise ValueError(f"{key!r} is registered ({_qualified(_REGISTRY[key])}) and cannot be a built-in {kind}")
+        _RESERVED[key] = kind
+
+
+def _qualified(item: Any) -> str:
+    return f"{item.__module__}.{item.__qualname__}"
 
 
 def registered_names() -> list[str]:
+    """Every registered name, sorted."""
     return sorted(_REGISTRY)
 
 
-def get_registered(name: str) -> type:
+def get_registered(name: str) -> Any:
     """The class registered as ``name``, or an error that says how to register it."""
     try:
         return _REGISTRY[name]
     except KeyError:
         raise UnknownComponentError(
             f"no component named {name!r} is registered: import the module that defines it "
-            f"and decorate its class with @latentflows.register (or @register(name={name!r}))"
+            f"(latentflows train --import MODULE) and decorate its class with @latentflows.register"
         ) from None
 
 
 class Configurable:
-    """Mixin: ``get_config`` / ``from_config`` round trip through plain JSON values."""
+    """Mixin: ``get_config`` / ``from_config`` round trip through plain JSON values.
+
+    Example:
+        >>> from latentflows.losses import HuberLoss
+        >>> HuberLoss.from_config(HuberLoss(2.0).get_config()).threshold
+        2.0
+    """
 
     registered_name: str
 
@@ -64,7 +100,7 @@ class Configurable:
         raise NotImplementedError(f"{type(self).__name__} must implement get_config()")
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]):
+    def from_config(cls, config: dict[str, Any]) -> Any:
         return cls(**config)
 
 
@@ -80,8 +116,31 @@ def serialize(component: Configurable) -> dict[str, Any]:
     return {"class": name, "config": component.get_config()}
 
 
-def deserialize(spec: dict[str, Any]):
+def is_spec(value: Any) -> bool:
+    """True for ``{"class": ..., "config": {...}}`` dicts."""
+    return isinstance(value, dict) and isinstance(value.get("class"), str) and set(value) <= {"class", "config"}
+
+
+def build(spec: dict[str, Any], expected: type | None = None, **inject: Any) -> Any:
+    """Build a component from its spec, adding ``inject`` (sizes known only at build time).
+
+    ``expected`` is the base class the component must have; another kind of component
+    gives an error naming both.
+    """
+    if not is_spec(spec):
+        raise UnknownComponentError(f"not a component spec (expected {{'class': ..., 'config': {{...}}}}): {spec!r}")
+    klass = get_registered(spec["class"])
+    if expected is not None and not (isinstance(klass, type) and issubclass(klass, expected)):
+        raise UnknownComponentError(f"{spec['class']!r} is not a {expected.__name__}; "
+                                    f"choose a registered {expected.__name__} class")
+    config = dict(spec.get("config") or {})
+    try:
+        return klass.from_config({**config, **inject})
+    except TypeError as error:  # an option the class does not take
+        raise ValueError(f"{spec['class']}: {error}") from None
+
+
+def deserialize(spec: dict[str, Any], expected: type | None = None) -> Any:
     """Rebuild a component from ``serialize``'s output."""
-    if not isinstance(spec, dict) or "class" not in spec:
-        raise UnknownComponentError(f"not a component spec (expected {{'class': ..., 'config': ...}}): {spec!r}")
-    return get_registered(spec["class"]).from_config(dict(spec.get("config", {})))
+    return build(spec, expected)
+

@@ -107,6 +107,12 @@ def load_safetensors(path, expected_format: str) -> tuple[dict[str, torch.Tensor
 def load_weights_into(module, path, expected_format: str) -> dict[str, str]:
     """Load tagged safetensors into ``module`` strictly; a mismatch names the keys. Returns the header."""
     tensors, metadata = load_safetensors(path, expected_format)
+    load_state_strictly(module, tensors, path)
+    return metadata
+
+
+def load_state_strictly(module, tensors: dict[str, torch.Tensor], path) -> None:
+    """``module.load_state_dict(tensors)``, but a mismatch is a ModelFileError naming ``path`` and the keys."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -118,4 +124,3 @@ def load_weights_into(module, path, expected_format: str) -> dict[str, str]:
                                               ("wrong shape", wrong)) if keys)
         raise ModelFileError(f"{path}: weights do not match the model's config ({detail})")
     module.load_state_dict(tensors)
-    return metadata

@@ -3,8 +3,7 @@ fidelity, diversity and memorisation (``evaluate``), and ``compare`` across runs
 
 from .classifier import ImageClassifier, train_classifier
 from .inception import FIDInceptionV3, load_inception
-from .measures import (feature_distances, mean_pairwise_distance, nearest_neighbours, nll_summary,
-                       reconstruction_quality)
+from .measures import feature_distances, mean_pairwise_distance, nearest_neighbours, nll_summary, reconstruction_quality
 from .report import compare, evaluate, evaluate_run, format_report, read_report
 
 __all__ = [

@@ -16,6 +16,7 @@ from torchmetrics.image.kid import KernelInceptionDistance  # exports them with 
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from ..autoencoder import to_signed_unit
+from ..losses import to_bits_per_dim
 
 
 @torch.no_grad()
@@ -36,8 +37,8 @@ def reconstruction_quality(originals: Tensor, reconstructions: Tensor, batch_siz
 
 def nll_summary(log_prob: Tensor, dim: int) -> dict[str, float]:
     """Mean negative log-likelihood in nats per dimension and bits per dimension."""
-    nats = float(-log_prob.double().mean()) / dim
-    return {"nats_per_dim": nats, "bits_per_dim": nats / math.log(2), "count": len(log_prob)}
+    nll = float(-log_prob.double().mean())
+    return {"nats_per_dim": nll / dim, "bits_per_dim": to_bits_per_dim(nll, dim), "count": len(log_prob)}
 
 
 class _Given(nn.Module):

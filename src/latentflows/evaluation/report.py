@@ -52,7 +52,6 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
                                f"{pipeline.class_names}; evaluate on the data the run was trained on")
     if len(val_set) < 2:
         raise LatentflowsError("the validation split has fewer than 2 images; evaluate on more data")
-    pipeline.eval()
     started = time.perf_counter()
     names = pipeline.class_names
     val_counts = [int((val_set.labels == c).sum()) for c in range(len(names))]
@@ -101,7 +100,7 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
         classifier_started = time.perf_counter()
         # seeded by the run, not by the sampling --seed: one run, one judge
         classifier, _ = train_classifier(train_set, val_set, epochs=classifier_epochs,
-                                         seed=int(pipeline.train_config.get("seed", 0)), progress=progress)
+                                         seed=int(pipeline.config.get("seed", 0)), progress=progress)
         classifier_seconds = time.perf_counter() - classifier_started
     classifier.eval()
     report["classifier"] = _conditional_fidelity(classifier, val_set, reconstructions, samples, names)
@@ -298,8 +297,9 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
     (e.g. ``runs/a/classifier``) to judge this run by, so that runs on the same data and
     split are compared by one judge.
     """
-    from ..pipeline import load, run_dataset
+    from ..pipeline import load
     from ..plots import nearest_neighbour_grid
+    from ..runs import RunFolder, run_split
     from ..saving import load_model, save_model
     from ..storage import write_json
     from .inception import load_inception
@@ -316,9 +316,10 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
     extractor, fid_source = (None, "turned off (--no-fid)")
     if fid:  # before the slow steps: a bad --fid-weights path fails now
         extractor, fid_source = load_inception(fid_weights, download)
-    config = pipeline.train_config
-    dataset = run_dataset(run_dir, source, progress=progress)
-    train_set, val_set = dataset.split(config.get("val_fraction", 0.1), config.get("seed", 0))
+    run = RunFolder(run_dir)
+    config = run.config()
+    dataset = run.dataset(source, progress=progress)
+    train_set, val_set = run_split(dataset, config)
     classifier_dir = Path(judge) if judge is not None else run_dir / CLASSIFIER_DIR
     if judge is not None and not (classifier_dir / "model.json").is_file():
         raise ModelFileError(f"{classifier_dir}: no judge classifier there (expected RUN/classifier of an "
@@ -336,8 +337,8 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
         save_model(classifier_dir, artefacts["classifier"])
     report["run"] = str(run_dir)
     report["classifier"]["judge"] = str(classifier_dir)
-    report["data"] = {"source": source or "as in run.json", "split_seed": config.get("seed", 0),
-                      "val_fraction": config.get("val_fraction", 0.1)}
+    report["data"] = {"source": source or "as in run.json", "split_seed": config.seed,
+                      "val_fraction": config.val_fraction}
     if extractor is not None:
         report["fid"]["weights"] = fid_source
     if artefacts["neighbours"]:

@@ -1,12 +1,26 @@
-"""Invertible layers (data -> noise) and the conditional RealNVP built from them."""
+"""Invertible layers (data -> noise), flows as distributions, and the conditional RealNVP.
 
-from .base import Composite, Transform, standard_normal_log_prob
+Where each kind of component goes: element-wise maps in ``bijections``, networks that
+parametrize them in ``conditioners``, layers in their own modules (``coupling``,
+``permutation``, ``batchnorm``, ``standardize``), base distributions in ``distributions``,
+and assembled flows in ``flow`` / ``realnvp``.
+"""
+
+from .base import Composite, Transform, check_features
 from .batchnorm import InvertibleBatchNorm, held_batch_statistics
-from .coupling import MLP, AffineCoupling, coupling_mask
+from .bijections import Additive, ElementwiseBijection, SoftplusAffine, TanhAffine
+from .checks import jacobian_logabsdet
+from .conditioners import MLP, CouplingNet
+from .coupling import Coupling, coupling_mask
+from .distributions import BaseDistribution, FlowDistribution, StandardNormal
+from .flow import Flow
 from .permutation import RandomPermutation
 from .realnvp import ConditionalRealNVP
+from .standardize import Standardize
 
 __all__ = [
-    "Transform", "Composite", "AffineCoupling", "MLP", "coupling_mask", "RandomPermutation",
-    "InvertibleBatchNorm", "held_batch_statistics", "ConditionalRealNVP", "standard_normal_log_prob",
+    "Transform", "Composite", "check_features", "InvertibleBatchNorm", "held_batch_statistics",
+    "ElementwiseBijection", "TanhAffine", "SoftplusAffine", "Additive", "MLP", "CouplingNet", "Coupling",
+    "coupling_mask", "BaseDistribution", "StandardNormal", "FlowDistribution", "Flow", "RandomPermutation",
+    "ConditionalRealNVP", "Standardize", "jacobian_logabsdet",
 ]

@@ -1,102 +1,96 @@
-"""Affine coupling: half of the features pass unchanged and parametrize an affine map of the rest.
+"""Coupling layer: split the features, condition one half on the other, merge.
 
 With ``x_a`` the identity part and ``x_b`` the transformed part,
-``z_b = x_b * exp(s) + t`` where ``(s, t) = net(x_a, context)`` and ``s = tanh(raw)``:
-bounding the log-scale to (-1, 1) per layer keeps deep flows numerically tame.
+``z_b = bijection(x_b; params)`` where ``params = conditioner(x_a, context)``. The coupling
+knows nothing about the map itself: an affine, additive or spline coupling is the same
+class with another ``ElementwiseBijection``.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor
 
-from ..autodiff import stable_softplus
-from ..layers import (CONSTRAINTS, INITIALIZERS, REGULARIZERS, ResidualBlock, WeightHooks, from_spec,
-                      get_activation, initialize, to_spec)
-from ..registry import Configurable, register
+from ..registry import build, deserialize, register, serialize
 from .base import Transform, check_features
+from .bijections import ElementwiseBijection, TanhAffine
 
 MASKS = ("alternate", "half")
-SCALE_FUNCTIONS = ("tanh", "softplus")
-SOFTPLUS_ONE = math.log(math.e - 1)  # softplus(SOFTPLUS_ONE) == 1
+INJECTED = ("in_features", "features", "params_per_feature")  # set by the coupling, not by the config
 
 
-@register
-class MLP(WeightHooks, nn.Sequential, Configurable):
-    """Fully connected network; the last layer starts at zero so a new coupling is the identity.
+def coupling_mask(features: int, kind: str | Sequence[bool], flip: bool = False) -> Tensor:
+    """Boolean mask, True where a feature is transformed; ``flip`` swaps the two parts.
 
-    ``residual=True`` turns every hidden layer after the first into a two-layer residual
-    block (all hidden sizes must then be equal). The kernel hooks act on every linear layer.
+    ``kind`` is ``"alternate"`` (even features), ``"half"`` (the second half) or an explicit
+    list of booleans.
+
+    Example:
+        >>> coupling_mask(4, "alternate").tolist(), coupling_mask(4, "half", flip=True).tolist()
+        ([True, False, True, False], [True, True, False, False])
     """
-
-    def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = (256, 256),
-                 activation="relu", zero_init_output: bool = True, kernel_initializer=None,
-                 kernel_regularizer=None, kernel_constraint=None, residual: bool = False):
-        self.in_features, self.out_features = in_features, out_features
-        self.hidden, self.activation, self.zero_init_output = list(hidden), to_spec(activation), zero_init_output
-        self.initializer_spec, self.residual = to_spec(kernel_initializer), residual
-        if not self.hidden:
-            raise ValueError("an MLP needs at least one hidden layer")
-        if residual and len(set(self.hidden)) != 1:
-            raise ValueError(f"residual blocks need equal hidden sizes, got {self.hidden}")
-        layers: list[nn.Module] = [nn.Linear(in_features, self.hidden[0]), get_activation(activation)]
-        for previous, size in zip(self.hidden, self.hidden[1:]):
-            layers += [ResidualBlock(size, 2, activation)] if residual else [nn.Linear(previous, size), get_activation(activation)]
-        for layer in layers:
-            for linear in [m for m in layer.modules() if isinstance(m, nn.Linear)]:
-                initialize(linear.weight, from_spec(kernel_initializer, INITIALIZERS))
-        output = nn.Linear(self.hidden[-1], out_features)
-        if zero_init_output:
-            nn.init.zeros_(output.weight)
-            nn.init.zeros_(output.bias)
-        super().__init__(*layers, output)
-        self.kernel_regularizer = from_spec(kernel_regularizer, REGULARIZERS)
-        self.kernel_constraint = from_spec(kernel_constraint, CONSTRAINTS)
-
-    def get_config(self):
-        return {"in_features": self.in_features, "out_features": self.out_features, "hidden": self.hidden,
-                "activation": self.activation, "zero_init_output": self.zero_init_output,
-                "kernel_initializer": self.initializer_spec, "kernel_regularizer": to_spec(self.kernel_regularizer),
-                "kernel_constraint": to_spec(self.kernel_constraint), "residual": self.residual}
-
-
-def coupling_mask(features: int, kind: str, flip: bool = False) -> torch.Tensor:
-    """Boolean mask, True where a feature is transformed; ``flip`` swaps the two parts."""
-    if kind == "alternate":
-        transformed = torch.arange(features) % 2 == 0
-    elif kind == "half":
-        transformed = torch.arange(features) >= features // 2
+    if isinstance(kind, str):
+        if kind == "alternate":
+            transformed = torch.arange(features) % 2 == 0
+        elif kind == "half":
+            transformed = torch.arange(features) >= features // 2
+        else:
+            raise ValueError(f"unknown mask {kind!r}; choose one of {MASKS} or give a list of booleans")
     else:
-        raise ValueError(f"unknown mask {kind!r}; choose one of {MASKS}")
-    return ~transformed if flip else transformed
+        transformed = torch.as_tensor([bool(v) for v in kind])
+        if transformed.shape != (features,):
+            raise ValueError(f"a mask for {features} features needs {features} booleans, got {len(transformed)}")
+    transformed = ~transformed if flip else transformed
+    if transformed.all() or not transformed.any():
+        raise ValueError("a coupling mask must leave at least one feature unchanged and transform at least one")
+    return transformed
+
+
+DEFAULT_CONDITIONER = {"class": "CouplingNet", "config": {}}
 
 
 @register
-class AffineCoupling(Transform):
-    """Affine coupling layer with optional context (e.g. a one-hot class label).
+class Coupling(Transform):
+    """A coupling layer with any element-wise bijection and conditioner, optionally conditional.
 
-    ``shared_network=True`` uses one network that outputs both s and t (half the cost);
-    ``False`` uses two separate networks, as in the original RealNVP. ``scale_fn`` is
-    ``"tanh"`` (log-scale bounded to (-1, 1)) or ``"softplus"`` (scale = softplus(raw + c) with
-    c chosen so a zero output is scale 1; unbounded above). ``network`` holds further MLP
-    options: kernel_initializer, kernel_regularizer, kernel_constraint, residual.
+    Args:
+        features: number of features.
+        mask: ``"alternate"``, ``"half"`` or a list of booleans (True = transformed).
+        bijection: an ``ElementwiseBijection`` or its spec; default ``TanhAffine``.
+        conditioner: spec of the conditioner, without the sizes the coupling sets
+            (``in_features``, ``features``, ``params_per_feature``); default ``CouplingNet``.
+        context_size: size of the context vector (e.g. a one-hot class); 0 for none.
+        flip: swap the identity and the transformed half.
+
+    References:
+        Dinh, Sohl-Dickstein, Bengio, "Density estimation using Real NVP", ICLR 2017,
+        arXiv:1605.08803.
+
+    Example:
+        >>> import torch
+        >>> from latentflows.flows import Coupling
+        >>> layer = Coupling(4, bijection={"class": "Additive"},
+        ...                  conditioner={"class": "CouplingNet", "config": {"hidden": [8]}}, context_size=2)
+        >>> x, context = torch.randn(3, 4), torch.eye(2)[[0, 1, 1]]
+        >>> z, logabsdet = layer(x, context)
+        >>> torch.allclose(layer.inverse(z, context)[0], x)
+        True
     """
 
-    def __init__(self, features: int, mask: str = "alternate", hidden: Sequence[int] = (256, 256),
-                 context_size: int = 0, shared_network: bool = True, flip: bool = False,
-                 activation="relu", scale_fn: str = "tanh", network: dict | None = None):
+    def __init__(self, features: int, mask: str | Sequence[bool] = "alternate",
+                 bijection: ElementwiseBijection | dict | None = None, conditioner: dict | None = None,
+                 context_size: int = 0, flip: bool = False):
         super().__init__()
         if features < 2:
             raise ValueError(f"a coupling needs at least 2 features, got {features}")
-        self.features, self.mask, self.hidden = features, mask, list(hidden)
-        self.context_size, self.shared_network, self.flip = context_size, shared_network, flip
-        if scale_fn not in SCALE_FUNCTIONS:
-            raise ValueError(f"unknown scale_fn {scale_fn!r}; choose one of {SCALE_FUNCTIONS}")
-        self.activation, self.scale_fn = to_spec(activation), scale_fn
-        self.network = {k: to_spec(v) for k, v in (network or {}).items()}
+        self.features, self.context_size, self.flip = features, context_size, flip
+        self.mask = mask if isinstance(mask, str) else [bool(v) for v in mask]
+        if bijection is None:
+            bijection = TanhAffine()
+        self.bijection = bijection if isinstance(bijection, ElementwiseBijection) \
+            else deserialize(bijection, ElementwiseBijection)
         transformed = coupling_mask(features, mask, flip)
         identity_index = torch.nonzero(~transformed).flatten()
         transformed_index = torch.nonzero(transformed).flatten()
@@ -104,46 +98,35 @@ class AffineCoupling(Transform):
         self.register_buffer("identity_index", identity_index)
         self.register_buffer("transformed_index", transformed_index)
         self.register_buffer("restore_order", torch.argsort(torch.cat([identity_index, transformed_index])))
-        n_in, n_out = len(identity_index) + context_size, len(transformed_index)
-        if shared_network:
-            self.net = MLP(n_in, 2 * n_out, hidden, activation, **self.network)
-        else:
-            self.scale_net = MLP(n_in, n_out, hidden, activation, **self.network)
-            self.shift_net = MLP(n_in, n_out, hidden, activation, **self.network)
+        spec = conditioner if conditioner is not None else DEFAULT_CONDITIONER
+        self.conditioner = build(spec, in_features=len(identity_index) + context_size,
+                                 features=len(transformed_index),
+                                 params_per_feature=self.bijection.params_per_feature)
 
-    def _scale_shift(self, x_identity, context):
+    def _params(self, x_identity: Tensor, context: Tensor | None) -> Tensor:
         if self.context_size:
             if context is None:
                 raise ValueError(f"this coupling was built with context_size={self.context_size}; pass a context")
             if context.shape != (x_identity.shape[0], self.context_size):
                 raise ValueError(f"context must have shape (batch, {self.context_size}), got {tuple(context.shape)}")
             x_identity = torch.cat([x_identity, context], dim=1)
-        if self.shared_network:
-            raw_scale, shift = self.net(x_identity).chunk(2, dim=1)
-        else:
-            raw_scale, shift = self.scale_net(x_identity), self.shift_net(x_identity)
-        if self.scale_fn == "tanh":
-            return torch.tanh(raw_scale), shift
-        return torch.log(stable_softplus(raw_scale + SOFTPLUS_ONE) + 1e-3), shift
+        return self.conditioner(x_identity)
 
-    def forward(self, x, context=None):
-        check_features(x, self.features, "AffineCoupling")
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_features(x, self.features, "Coupling")
         x_identity = x[:, self.identity_index]
-        scale, shift = self._scale_shift(x_identity, context)
-        z_transformed = x[:, self.transformed_index] * scale.exp() + shift
-        z = torch.cat([x_identity, z_transformed], dim=1)[:, self.restore_order]
-        return z, scale.sum(1)
+        z_transformed, logabsdet = self.bijection(x[:, self.transformed_index], self._params(x_identity, context))
+        return torch.cat([x_identity, z_transformed], dim=1)[:, self.restore_order], logabsdet
 
-    def inverse(self, z, context=None):
-        check_features(z, self.features, "AffineCoupling")
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_features(z, self.features, "Coupling")
         z_identity = z[:, self.identity_index]
-        scale, shift = self._scale_shift(z_identity, context)
-        x_transformed = (z[:, self.transformed_index] - shift) * torch.exp(-scale)
-        x = torch.cat([z_identity, x_transformed], dim=1)[:, self.restore_order]
-        return x, -scale.sum(1)
+        x_transformed, logabsdet = self.bijection.inverse(z[:, self.transformed_index],
+                                                          self._params(z_identity, context))
+        return torch.cat([z_identity, x_transformed], dim=1)[:, self.restore_order], logabsdet
 
-    def get_config(self):
-        return {"features": self.features, "mask": self.mask, "hidden": self.hidden,
-                "context_size": self.context_size, "shared_network": self.shared_network,
-                "flip": self.flip, "activation": self.activation, "scale_fn": self.scale_fn,
-                "network": self.network}
+    def get_config(self) -> dict[str, Any]:
+        conditioner = serialize(self.conditioner)
+        conditioner["config"] = {k: v for k, v in conditioner["config"].items() if k not in INJECTED}
+        return {"features": self.features, "mask": self.mask, "bijection": serialize(self.bijection),
+                "conditioner": conditioner, "context_size": self.context_size, "flip": self.flip}

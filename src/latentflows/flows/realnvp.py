@@ -1,101 +1,104 @@
-"""Conditional RealNVP over a standard normal base, assembled as in the seed notebook.
+"""Conditional RealNVP, assembled as in the seed notebook, over a standard normal base.
 
-Each block is an affine coupling, then a random permutation (or, without permutations,
-the next coupling flips its mask), then invertible batch norm.
+An optional fixed standardization comes first; then each block is a coupling, then a
+random permutation (or, without permutations, the next coupling flips its mask), then
+invertible batch norm.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
-import torch
 from torch import Tensor
 
 from ..registry import register
-from .base import Composite, Transform, standard_normal_log_prob
+from .base import Composite, Transform
 from .batchnorm import InvertibleBatchNorm
-from .coupling import AffineCoupling
+from .coupling import DEFAULT_CONDITIONER, Coupling
+from .distributions import StandardNormal
+from .flow import Flow
 from .permutation import RandomPermutation
+from .standardize import Standardize
+
+DEFAULT_BIJECTION = {"class": "TanhAffine", "config": {}}
 
 
 @register
-class ConditionalRealNVP(Transform):
-    def __init__(self, features: int, context_size: int = 0, couplings: int = 12,
-                 hidden: Sequence[int] = (256, 256), batch_norm: bool = True, permute: bool = True,
-                 mask: str = "alternate", shared_network: bool = True, activation="relu",
-                 seed: int = 0, scale_fn: str = "tanh", network: dict | None = None):
-        super().__init__()
+class ConditionalRealNVP(Flow):
+    """RealNVP with a context (e.g. a one-hot class) fed to every coupling's conditioner.
+
+    Args:
+        features: number of features.
+        context_size: size of the context vector; 0 for an unconditional flow.
+        couplings: number of coupling layers.
+        mask: ``"alternate"`` or ``"half"`` (see ``coupling_mask``).
+        permute: a seeded random permutation after each coupling; without it the masks
+            alternate between the two halves.
+        batch_norm: invertible batch norm after each coupling.
+        bijection: spec of each coupling's element-wise bijection (default ``TanhAffine``).
+        conditioner: spec of each coupling's conditioner (default ``CouplingNet`` with its
+            defaults); ``hidden`` is a shortcut for its hidden sizes.
+        seed: seeds the permutations.
+        standardize: begin with a fixed ``Standardize`` layer (its statistics are given by
+            ``mean`` and ``std``, or loaded with the weights), so that densities are of the
+            raw data.
+        mean, std: the standardization statistics (weights, not config).
+
+    References:
+        Dinh, Sohl-Dickstein, Bengio, "Density estimation using Real NVP", ICLR 2017,
+        arXiv:1605.08803.
+
+    Example:
+        >>> import torch
+        >>> from latentflows.flows import ConditionalRealNVP
+        >>> flow = ConditionalRealNVP(6, context_size=2, couplings=3, hidden=[16]).eval()
+        >>> x, log_prob = flow.sample_and_log_prob(4, torch.tensor([1.0, 0.0]))
+        >>> torch.allclose(flow.log_prob(x, torch.tensor([1.0, 0.0])), log_prob, atol=1e-5)
+        True
+    """
+
+    def __init__(self, features: int, context_size: int = 0, couplings: int = 12, mask: str = "alternate",
+                 permute: bool = True, batch_norm: bool = True, bijection: dict | None = None,
+                 conditioner: dict | None = None, hidden: Sequence[int] | None = None, seed: int = 0,
+                 standardize: bool = False, *, mean: Tensor | None = None, std: Tensor | None = None):
         if couplings < 1:
             raise ValueError(f"couplings must be at least 1, got {couplings}")
-        self.features, self.context_size, self.couplings = features, context_size, couplings
-        self.hidden, self.batch_norm, self.permute = list(hidden), batch_norm, permute
-        self.mask, self.shared_network, self.seed = mask, shared_network, seed
-        self.scale_fn = scale_fn
-        layers: list[Transform] = []
+        conditioner = dict(conditioner or DEFAULT_CONDITIONER)
+        if hidden is not None:
+            conditioner["config"] = {**conditioner.get("config", {}), "hidden": list(hidden)}
+        bijection = dict(bijection or DEFAULT_BIJECTION)
+        layers: list[Transform] = [Standardize(features, mean, std)] if standardize else []
         flip = False
         for i in range(couplings):
-            layers.append(AffineCoupling(features, mask, hidden, context_size, shared_network, flip, activation,
-                                         scale_fn, network))
+            layers.append(Coupling(features, mask, bijection, conditioner, context_size, flip))
             if permute:
                 layers.append(RandomPermutation(features, seed=seed * 1_000_003 + i))
             else:
                 flip = not flip
             if batch_norm:
                 layers.append(InvertibleBatchNorm(features))
-        self.transform = Composite(layers)
-        first = layers[0]
-        self.activation, self.network = first.activation, first.network  # as saved (JSON-safe)
+        super().__init__(Composite(layers), StandardNormal(features), context_size)
+        first = layers[1] if standardize else layers[0]
+        self.couplings, self.mask, self.permute, self.batch_norm = couplings, mask, permute, batch_norm
+        self.seed, self.standardize = seed, standardize
+        self.bijection_spec, self.conditioner_spec = first.get_config()["bijection"], first.get_config()["conditioner"]
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self.transform(x, self._context(context, x.shape[0]))
+    @property
+    def head(self) -> Standardize | None:
+        """The fixed standardization at the head, if any."""
+        return self.transform.transforms[0] if self.standardize else None
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self.transform.inverse(z, self._context(context, z.shape[0]))
+    @property
+    def body(self) -> Composite:
+        """The trainable layers after the head (shares their parameters)."""
+        return Composite(list(self.transform.transforms)[1:]) if self.standardize else self.transform
 
-    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """Log-density of each row of ``x`` (nats), under the flow and its base."""
-        z, logabsdet = self(x, context)
-        return standard_normal_log_prob(z) + logabsdet
-
-    def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> Tensor:
-        return self.sample_and_log_prob(n, context, temperature, generator)[0]
-
-    def sample_and_log_prob(self, n: int, context: Tensor | None = None, temperature: float = 1.0,
-                            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """``n`` samples and their log-density under the model.
-
-        ``temperature`` scales the base noise (below 1: more typical samples); the returned
-        log-density is the model's own, log p(x) = log N(z) - log|det dx/dz|, whatever the
-        temperature.
-        """
-        if n < 1:
-            raise ValueError(f"the number of samples must be at least 1, got {n}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        reference = next(self.parameters())
-        z = torch.randn(n, self.features, generator=generator, dtype=reference.dtype,
-                        device=generator.device if generator is not None else reference.device)
-        z = (z * temperature).to(reference.device)
-        x, logabsdet = self.inverse(z, context)
-        return x, standard_normal_log_prob(z) - logabsdet
-
-    def _context(self, context: Tensor | None, batch: int) -> Tensor | None:
-        if not self.context_size:
-            if context is not None:
-                raise ValueError("this flow was built with context_size=0; do not pass a context")
-            return None
-        if context is None:
-            raise ValueError(f"this flow is conditional (context_size={self.context_size}); pass a context")
-        if context.dim() == 1:
-            context = context.unsqueeze(0)
-        if context.shape[0] == 1 and batch != 1:
-            context = context.expand(batch, -1)
-        return context
-
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"features": self.features, "context_size": self.context_size, "couplings": self.couplings,
-                "hidden": self.hidden, "batch_norm": self.batch_norm, "permute": self.permute,
-                "mask": self.mask, "shared_network": self.shared_network,
-                "activation": self.activation, "seed": self.seed, "scale_fn": self.scale_fn,
-                "network": self.network}
+                "mask": self.mask, "permute": self.permute, "batch_norm": self.batch_norm,
+                "bijection": self.bijection_spec, "conditioner": self.conditioner_spec, "seed": self.seed,
+                "standardize": self.standardize}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "ConditionalRealNVP":
+        return cls(**config)

@@ -1,0 +1,99 @@
+"""A normalizing flow: a transform (data -> noise) and a base distribution.
+
+Called with a context, a flow returns the distribution it defines,
+``flow(context) -> FlowDistribution`` (zuko's idiom), while its transform keeps the
+``forward(x, context) -> (z, logabsdet)`` / ``inverse`` contract of every layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import Configurable, deserialize, register, serialize
+from .base import Transform
+from .distributions import BaseDistribution, FlowDistribution
+
+
+@register
+class Flow(nn.Module, Configurable):
+    """A transform and a base distribution; ``flow(context)`` is the conditional distribution.
+
+    Args:
+        transform: the invertible map from data to noise.
+        base: the distribution of the noise.
+        context_size: size of the context vectors (0 for an unconditional flow).
+
+    References:
+        Papamakarios et al., "Normalizing Flows for Probabilistic Modeling and Inference",
+        JMLR 2021, arXiv:1912.02762.
+
+    Example:
+        >>> import torch
+        >>> from latentflows.flows import Flow, RandomPermutation, StandardNormal
+        >>> flow = Flow(RandomPermutation(3), StandardNormal(3))
+        >>> round(flow().log_prob(torch.zeros(3)).item(), 4)   # a permuted standard normal
+        -2.7568
+    """
+
+    def __init__(self, transform: Transform, base: BaseDistribution, context_size: int = 0):
+        super().__init__()
+        self.transform, self.base, self.context_size = transform, base, context_size
+
+    @property
+    def features(self) -> int:
+        return self.base.features
+
+    def forward(self, context: Tensor | None = None, temperature: float = 1.0) -> FlowDistribution:
+        """The distribution of the data given ``context`` (one vector, or a batch of them)."""
+        return FlowDistribution(self.transform, self.base, self._check_context(context), temperature)
+
+    def _check_context(self, context: Tensor | None) -> Tensor | None:
+        if not self.context_size:
+            if context is not None:
+                raise ValueError("this flow was built with context_size=0; do not pass a context")
+            return None
+        if context is None:
+            raise ValueError(f"this flow is conditional (context_size={self.context_size}); pass a context")
+        if context.shape[-1] != self.context_size:
+            raise ValueError(f"context must have {self.context_size} features, got shape {tuple(context.shape)}")
+        return context
+
+    def _row_context(self, context: Tensor | None, batch: int) -> Tensor | None:
+        """One context row per sample: a single vector is repeated ``batch`` times."""
+        context = self._check_context(context)
+        if context is None:
+            return None
+        if context.dim() == 1:
+            context = context.unsqueeze(0)
+        return context.expand(batch, -1) if context.shape[0] == 1 and batch != 1 else context
+
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Log-density (nats) of each row of ``x`` given its context row."""
+        return self(self._row_context(context, x.shape[0])).log_prob(x)
+
+    def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0,
+               generator: torch.Generator | None = None) -> Tensor:
+        """``n`` samples given one context vector (or one context row per sample)."""
+        return self.sample_and_log_prob(n, context, temperature, generator)[0]
+
+    def sample_and_log_prob(self, n: int, context: Tensor | None = None, temperature: float = 1.0,
+                            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``n`` samples and their log-density under the model (not under the tempered noise)."""
+        if n < 1:
+            raise ValueError(f"the number of samples must be at least 1, got {n}")
+        distribution = self(self._row_context(context, n), temperature)
+        if distribution.batch_shape:  # one context row per sample
+            return distribution.rsample_and_log_prob((), generator)
+        return distribution.rsample_and_log_prob((n,), generator)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"transform": serialize(self.transform), "base": serialize(self.base),
+                "context_size": self.context_size}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Flow":
+        return cls(deserialize(config["transform"], Transform), deserialize(config["base"], BaseDistribution),
+                   config.get("context_size", 0))

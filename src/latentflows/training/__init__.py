@@ -1,0 +1,25 @@
+"""Training: the loop (``Trainer``), its callbacks, objectives of named terms, the stages
+that build them from a run config, and ``train``, which runs the stages in order."""
+
+from .callbacks import (
+                        CHECKPOINT_FORMAT,
+                        Callback,
+                        Checkpoint,
+                        EarlyStopping,
+                        EpochRecord,
+                        JsonlLogger,
+                        StepSchedule,
+                        load_checkpoint,
+                        read_checkpoint,
+)
+from .objective import NegativeLogLikelihood, Objective, Reconstruction, Term
+from .runner import train
+from .stages import AutoencoderStage, FlowStage, Stage, StageContext, StagePlan
+from .trainer import Batches, NonFiniteLossError, Trainer, Update, adam, supervised
+
+__all__ = [
+    "CHECKPOINT_FORMAT", "Callback", "Checkpoint", "EarlyStopping", "EpochRecord", "JsonlLogger", "StepSchedule",
+    "load_checkpoint", "read_checkpoint", "NegativeLogLikelihood", "Objective", "Reconstruction", "Term", "train",
+    "AutoencoderStage", "FlowStage", "Stage", "StageContext", "StagePlan", "Batches", "NonFiniteLossError",
+    "Trainer", "Update", "adam", "supervised",
+]

@@ -1,0 +1,175 @@
+"""Callbacks of ``Trainer.fit``: logging, checkpoints, early stopping, schedules.
+
+A callback with state to keep across an interruption has ``state()`` / ``load_state()``;
+the checkpoint stores that state under the callback's ``name``, so adding or reordering
+callbacks never hands one callback another's state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor, nn
+
+from ..storage import load_safetensors, save_safetensors
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .trainer import Trainer
+
+CHECKPOINT_FORMAT = "latentflows-checkpoint"
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch produced: mean training losses and metrics, validation figures, seconds."""
+
+    stage: str
+    epoch: int
+    train: dict[str, float]
+    val: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"stage": self.stage, "epoch": self.epoch, "seconds": round(self.seconds, 3)}
+        row.update({f"train_{k}": v for k, v in self.train.items()})
+        row.update({f"val_{k}": v for k, v in self.val.items()})
+        return row
+
+
+class Callback:
+    """Hooks called by ``Trainer.fit``; set ``trainer.stop_training = True`` to stop early.
+
+    ``name`` keys the callback's saved state in checkpoints (default: the class name).
+
+    Example:
+        >>> class PrintEpoch(Callback):
+        ...     def on_epoch_end(self, trainer, record):
+        ...         print(record.epoch, sorted(record.train))
+    """
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+        pass
+
+    def on_train_end(self, trainer: "Trainer") -> None:
+        pass
+
+
+class StepSchedule(Callback):
+    """Step an epoch-based learning-rate scheduler (``torch.optim.lr_scheduler``) after each epoch.
+
+    Args:
+        scheduler: the scheduler to step.
+    """
+
+    def __init__(self, scheduler: Any):
+        self.scheduler = scheduler
+
+    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+        self.scheduler.step()
+
+
+class JsonlLogger(Callback):
+    """Appends one JSON line per epoch (losses, metrics, seconds) to a file.
+
+    Args:
+        path: the ``.jsonl`` file (created if missing, appended to otherwise).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+        with self.path.open("a") as stream:
+            stream.write(json.dumps(record.as_dict()) + "\n")
+
+
+class Checkpoint(Callback):
+    """Saves the whole training state every ``every`` epochs, so training can resume.
+
+    The file (safetensors) holds the model's weights and buffers, each optimizer's state,
+    the random number generators' states and the callbacks' states; the header records stage
+    and epoch. Each write goes to a temporary file that is renamed into place, so a crash
+    mid-write leaves the previous checkpoint intact. Put it last among the callbacks: it
+    records the others' state.
+
+    Args:
+        path: the checkpoint file.
+        every: epochs between saves.
+    """
+
+    def __init__(self, path: str | Path, every: int = 1):
+        if every < 1:
+            raise ValueError(f"checkpoint interval must be at least 1 epoch, got {every}")
+        self.path, self.every = Path(path), every
+
+    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+        if record.epoch % self.every == 0:
+            tensors, metadata = trainer.training_state()
+            save_safetensors(self.path, tensors, CHECKPOINT_FORMAT,
+                             {**metadata, "stage": record.stage, "epoch": str(record.epoch)})
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and header of a ``Checkpoint`` file."""
+    return load_safetensors(path, CHECKPOINT_FORMAT)
+
+
+def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, str]:
+    """Load the model weights of a ``Checkpoint`` file into ``model``; returns its header."""
+    tensors, metadata = read_checkpoint(path)
+    model.load_state_dict(unprefix(tensors, "model."))
+    return metadata
+
+
+def unprefix(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries whose key starts with ``prefix``, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+class EarlyStopping(Callback):
+    """Stop when the monitored validation value has not improved for ``patience`` epochs.
+
+    Args:
+        monitor: the validation figure to watch (lower is better).
+        patience: epochs without improvement before stopping.
+        min_delta: the smallest change that counts as an improvement.
+        restore_best: end with the weights (and buffers) of the best epoch.
+    """
+
+    def __init__(self, monitor: str = "loss", patience: int = 10, min_delta: float = 0.0, restore_best: bool = True):
+        self.monitor, self.patience, self.min_delta, self.restore_best = monitor, patience, min_delta, restore_best
+        self.best = math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, Tensor] | None = None
+
+    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+        value = record.val.get(self.monitor)
+        if value is None:
+            raise ValueError(f"EarlyStopping monitors val {self.monitor!r}, but validation gave {sorted(record.val)}")
+        if value < self.best - self.min_delta:
+            self.best, self.best_epoch = value, record.epoch
+            if self.restore_best:
+                self.best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        elif record.epoch - self.best_epoch >= self.patience:
+            trainer.stop_training = True
+
+    def on_train_end(self, trainer: "Trainer") -> None:
+        if self.restore_best and self.best_state is not None:
+            trainer.model.load_state_dict(self.best_state)
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, str]]:
+        tensors = {f"best.{k}": v for k, v in (self.best_state or {}).items()}
+        return tensors, {"best": repr(self.best), "best_epoch": str(self.best_epoch)}
+
+    def load_state(self, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+        self.best, self.best_epoch = float(metadata["best"]), int(metadata["best_epoch"])
+        best = unprefix(tensors, "best.")
+        self.best_state = best or None

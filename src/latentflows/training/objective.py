@@ -1,0 +1,139 @@
+"""Objectives made of named, weighted terms.
+
+A stage's model returns its forward outputs as a dict (images, reconstruction,
+embedding, log_prob, ...). Each ``Term`` turns those outputs into one scalar; the
+``Objective`` adds each term, times its weight, to the loss of the update it ``target``s
+(``"loss"`` for the stage's main model, another name for e.g. a discriminator), and shows
+every term under its own name. A new loss term is one registered subclass of ``Term``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torch import Tensor, nn
+
+from ..losses import Loss, MSELoss
+from ..registry import Configurable, deserialize, register, serialize
+
+
+class Term(nn.Module, Configurable):
+    """One named part of an objective: a scalar computed from the stage's forward outputs.
+
+    Subclasses implement ``forward(outputs) -> Tensor`` (unweighted) and extend
+    ``get_config``. A term may own trainable modules (a discriminator); they are trained by
+    the update named by ``target``.
+
+    Args:
+        weight: the factor applied when the term is added to its target loss.
+        target: the loss it adds to: ``"loss"`` (the stage's model) or the name of another
+            update (e.g. ``"discriminator"``), which gets its own optimizer over the
+            parameters of the terms that target it.
+
+    Example:
+        >>> import torch
+        >>> from latentflows import register
+        >>> @register(name="docs.MeanAbsolute")
+        ... class MeanAbsolute(Term):
+        ...     def forward(self, outputs):
+        ...         return (outputs["images"] - outputs["reconstruction"]).abs().mean()
+        >>> objective = Objective({"l1": MeanAbsolute(weight=0.5)})
+        >>> objective({"images": torch.ones(2, 3), "reconstruction": torch.zeros(2, 3)})["loss"].item()
+        0.5
+    """
+
+    def __init__(self, weight: float = 1.0, target: str = "loss"):
+        super().__init__()
+        if not weight >= 0:
+            raise ValueError(f"a term's weight must be non-negative, got {weight}")
+        self.weight, self.target = float(weight), target
+
+    def forward(self, outputs: dict[str, Any]) -> Tensor:
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        return {"weight": self.weight, "target": self.target}
+
+
+@register
+class Reconstruction(Term):
+    """A reconstruction loss between the images and their reconstructions (both in [-1, 1]).
+
+    Args:
+        loss: a ``Loss`` or its spec (default ``MSELoss``).
+        weight, target: see ``Term``.
+
+    Example:
+        >>> import torch
+        >>> term = Reconstruction({"class": "HuberLoss", "config": {"threshold": 2.0}})
+        >>> term({"images": torch.zeros(1, 4), "reconstruction": torch.ones(1, 4)}).item()
+        0.5
+    """
+
+    def __init__(self, loss: Loss | dict | None = None, weight: float = 1.0, target: str = "loss"):
+        super().__init__(weight, target)
+        self.loss = loss if isinstance(loss, Loss) else (deserialize(loss, Loss) if loss else MSELoss())
+
+    def forward(self, outputs: dict[str, Any]) -> Tensor:
+        return self.loss(outputs["images"], outputs["reconstruction"])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "loss": serialize(self.loss)}
+
+
+@register
+class NegativeLogLikelihood(Term):
+    """Mean negative log-likelihood (nats) of the flow's inputs: ``-outputs["log_prob"].mean()``.
+
+    Example:
+        >>> import torch
+        >>> NegativeLogLikelihood()({"log_prob": torch.tensor([-1.0, -3.0])}).item()
+        2.0
+    """
+
+    def forward(self, outputs: dict[str, Any]) -> Tensor:
+        return (-outputs["log_prob"]).mean()
+
+
+class Objective(nn.Module):
+    """Named terms summed, with their weights, into one loss per target.
+
+    Returns ``{target: total, ...}`` plus each term's unweighted value under its name
+    (left out where it would repeat its target's total: a single term of weight 1).
+
+    Args:
+        terms: name -> ``Term`` (or its spec).
+    """
+
+    def __init__(self, terms: Mapping[str, Term | dict]):
+        super().__init__()
+        built = {name: term if isinstance(term, Term) else deserialize(term, Term) for name, term in terms.items()}
+        if not built:
+            raise ValueError("an objective needs at least one term")
+        targets = {term.target for term in built.values()}
+        clashes = sorted(set(built) & (targets | {"loss", "metric_inputs"}))
+        if clashes:
+            raise ValueError(f"term names {clashes} clash with loss names; rename the terms")
+        self.terms = nn.ModuleDict(built)
+        self.targets = sorted(targets, key=lambda target: (target != "loss", target))
+
+    def forward(self, outputs: dict[str, Any]) -> dict[str, Tensor]:
+        totals: dict[str, Tensor] = {}
+        shown: dict[str, Tensor] = {}
+        for name, term in self.terms.items():
+            value = term(outputs)
+            weighted = value if term.weight == 1.0 else term.weight * value
+            totals[term.target] = weighted if term.target not in totals else totals[term.target] + weighted
+            shown[name] = value.detach()
+        for name, term in self.terms.items():
+            alone = sum(t.target == term.target for t in self.terms.values()) == 1
+            if alone and term.weight == 1.0:
+                shown.pop(name)
+        return {**totals, **shown}
+
+    def parameters_of(self, target: str) -> list[nn.Parameter]:
+        """Trainable parameters of the terms that add to ``target``."""
+        return [p for term in self.terms.values() if term.target == target for p in term.parameters()]
+
+    def specs(self) -> dict[str, dict]:
+        return {name: serialize(term) for name, term in self.terms.items()}

@@ -1,0 +1,98 @@
+"""``train``: run the config's stages in order and write the run folder.
+
+Each stage plans its models, optimizers and objective (``stages.py``), the ``Trainer``
+fits them with logging and checkpoints, and the stage's product (the autoencoder, the
+flow) is handed to the stages after it. The result is a ``LatentFlowPipeline``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import RunConfig
+from ..data import ImageDataset
+from ..errors import LatentflowsError
+from ..pipeline import LatentFlowPipeline
+from ..runs import RunFolder, run_split
+from ..runtime import Runtime
+from .callbacks import Checkpoint, EarlyStopping, JsonlLogger, read_checkpoint
+from .stages import StageContext
+from .trainer import Trainer
+
+
+def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None = None, *,
+          overwrite: bool = False, progress: bool = True, figures: bool = True, resume: bool = False,
+          data_spec: dict[str, Any] | None = None, checkpoint_every: int = 1,
+          runtime: Runtime | None = None) -> LatentFlowPipeline:
+    """Train every stage of ``config`` on ``dataset``; with ``run_dir``, write the run folder.
+
+    With a run folder, each stage is checkpointed every ``checkpoint_every`` epochs and
+    ``resume=True`` continues an interrupted run from its last checkpoint, ending with the
+    same weights as an uninterrupted run. Checkpoints are removed once the run is complete.
+
+    Args:
+        dataset: the images and labels (split here into training and validation).
+        config: the run config (e.g. ``PRESETS["quick"]``).
+        run_dir: the run folder to write, or None to train in memory.
+        overwrite: replace the run files of an existing folder.
+        progress: status bars and a line per epoch.
+        figures: write the run's figures.
+        resume: continue the run in ``run_dir`` from its checkpoints.
+        data_spec: where the data came from, recorded in ``run.json`` for ``--resume``.
+        checkpoint_every: epochs between checkpoints.
+        runtime: device and precision (default: the CPU, fp32).
+    """
+    if dataset.num_classes < 1:
+        raise LatentflowsError("the data has no classes")
+    if dataset.image_size != config.image_size:
+        raise LatentflowsError(f"images are {dataset.image_size}px but the config expects {config.image_size}px")
+    config.validate(classes=dataset.num_classes)
+    runtime = runtime or Runtime("cpu")
+    run = RunFolder(run_dir).prepare(overwrite, resume) if run_dir is not None else None
+    stages = config.stages()
+    logger = []
+    if run is not None:
+        run.checkpoint("any").parent.mkdir(exist_ok=True)
+        if resume:
+            if run.settings_version() < 2:
+                raise LatentflowsError(f"{run.path} was started by latentflows 0.1; its checkpoints cannot be resumed "
+                                       f"by this version: start the run again with --out")
+            run.truncate_metrics(run.completed_epochs([name for name, _ in stages]))
+        else:
+            run.write_settings(config, data_spec)
+        logger = [JsonlLogger(run.metrics_file)]
+    torch.manual_seed(config.seed)
+    train_set, val_set = run_split(dataset, config)
+    context = StageContext(train_set, val_set, runtime, seed=config.seed, image_size=config.image_size)
+    started = time.perf_counter()
+    for name, stage in stages:
+        plan = stage.plan(context)
+        saving = [Checkpoint(run.checkpoint(name), checkpoint_every)] if run is not None else []
+        trainer = Trainer(plan.model, plan.updates, plan.loss_fn, runtime=runtime, autocast=plan.autocast,
+                          stage=name, callbacks=logger + plan.callbacks + saving,  # the checkpoint last
+                          progress=progress, grad_clip=config.grad_clip, compile=config.compile)
+        start = 1
+        if resume and run is not None and run.checkpoint(name).exists():
+            tensors, metadata = read_checkpoint(run.checkpoint(name))
+            trainer.load_training_state(tensors, metadata, plan.train_batches)
+            start = int(metadata["epoch"]) + 1
+        trainer.fit(plan.train_batches, plan.epochs, plan.val_batches, start_epoch=start)
+        context.models[name] = plan.product()
+        for callback in plan.callbacks:
+            if isinstance(callback, EarlyStopping):
+                context.summary[f"{name}_best_epoch"] = callback.best_epoch
+    context.summary["train_seconds"] = round(time.perf_counter() - started, 1)
+    pipeline = LatentFlowPipeline(context.models["autoencoder"], context.models["flow"], dataset.class_names,
+                                  config.as_dict(), context.summary).eval()
+    if run is not None:
+        pipeline.save(run.path)
+        run.remove_checkpoints()  # the run is complete: model.safetensors has it all
+        if figures:
+            from ..plots import write_run_figures
+
+            write_run_figures(pipeline, run.path, val_set, seed=config.seed)
+    return pipeline

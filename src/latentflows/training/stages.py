@@ -1,0 +1,267 @@
+"""Training stages: each builds its models, optimizers and objective from the config.
+
+``train`` runs the stages in order (autoencoder, then flow); a stage receives what the
+earlier ones produced through the ``StageContext`` and returns a ``StagePlan`` that the
+``Trainer`` executes. Adding a stage (or changing how one trains) is one registered
+subclass of ``Stage``, named in the run config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..autoencoder import encode_images, to_signed_unit
+from ..data import ImageDataset
+from ..flows import Flow, Standardize
+from ..layers import GaussianNoise
+from ..losses import to_bits_per_dim
+from ..registry import Configurable, build, register
+from ..runtime import Runtime
+from .callbacks import Callback, EarlyStopping
+from .objective import Objective
+from .trainer import Batches, Update, adam
+
+
+@dataclass
+class StageContext:
+    """What a stage can use: the data split, the run's settings and the earlier stages' products."""
+
+    train_set: ImageDataset
+    val_set: ImageDataset
+    runtime: Runtime
+    seed: int = 0
+    image_size: int = 64
+    models: dict[str, nn.Module] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.train_set.class_names)
+
+    def one_hot(self, labels: Tensor) -> Tensor:
+        return nn.functional.one_hot(labels, len(self.class_names)).float()
+
+
+@dataclass
+class StagePlan:
+    """Everything the trainer needs for one stage, and how to get the product afterwards."""
+
+    model: nn.Module
+    updates: list[Update]
+    loss_fn: Callable[[nn.Module, tuple[Tensor, ...]], dict[str, Tensor]]
+    train_batches: Batches
+    val_batches: Batches
+    epochs: int
+    product: Callable[[], nn.Module]
+    callbacks: list[Callback] = field(default_factory=list)
+    autocast: bool = True
+
+
+class Stage(Configurable):
+    """A training stage built from the config.
+
+    Args:
+        epochs: training epochs.
+        batch_size: rows per training batch.
+        lr: Adam learning rate (every update of the stage).
+        weight_decay: Adam weight decay.
+        model: spec of the model the stage trains.
+        terms: name -> spec of each objective term.
+    """
+
+    default_model: dict[str, Any] = {}
+    default_terms: dict[str, dict[str, Any]] = {}
+
+    def __init__(self, epochs: int, batch_size: int, lr: float, weight_decay: float = 0.0,
+                 model: dict | None = None, terms: Mapping[str, dict] | None = None):
+        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 < lr < 1:
+            raise ValueError(f"lr must be between 0 and 1, got {lr}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
+        self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
+        self.model_spec = dict(model or self.default_model)
+        self.term_specs = dict(terms if terms is not None else self.default_terms)
+
+    def objective(self) -> Objective:
+        return Objective(self.term_specs)
+
+    def updates(self, model: nn.Module, objective: Objective) -> list[Update]:
+        """One Adam per target: the main model plus its terms for "loss", the terms alone for the others."""
+        updates = []
+        for target in objective.targets:
+            parameters = list(model.parameters()) + objective.parameters_of(target) if target == "loss" \
+                else objective.parameters_of(target)
+            if not parameters:
+                raise ValueError(f"the terms that target {target!r} have no parameters to train")
+            updates.append(Update(target, adam(parameters, self.lr, self.weight_decay), target, parameters))
+        return updates
+
+    def plan(self, context: StageContext) -> StagePlan:
+        raise NotImplementedError
+
+    def dry_run(self, shapes: dict[str, Any]) -> dict[str, Any]:
+        """Build the model for ``shapes`` (sizes the earlier stages produce) and add this stage's; raises on bad options."""
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                "weight_decay": self.weight_decay, "model": self.model_spec, "terms": self.term_specs}
+
+
+class AutoencoderTraining(nn.Module):
+    """The autoencoder stage's model: autoencoder and objective terms (which may own weights)."""
+
+    def __init__(self, autoencoder: nn.Module, objective: Objective):
+        super().__init__()
+        self.autoencoder, self.objective = autoencoder, objective
+
+    def forward(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        x = to_signed_unit(images)
+        reconstruction, embedding = self.autoencoder(x)
+        return self.objective({"images": x, "reconstruction": reconstruction, "embedding": embedding,
+                               "labels": labels, "autoencoder": self.autoencoder})
+
+
+@register
+class AutoencoderStage(Stage):
+    """Train the autoencoder on the training images (uint8 batches scaled to [-1, 1]).
+
+    Args:
+        epochs, batch_size, lr, weight_decay, model, terms: see ``Stage``; ``model`` is the
+            autoencoder's spec (its ``image_size`` comes from the run config), ``terms``
+            default to ``{"reconstruction": Reconstruction(MSELoss())}``.
+
+    Example:
+        >>> stage = AutoencoderStage(epochs=1, batch_size=8, lr=1e-3,
+        ...                          model={"class": "ConvAutoencoder", "config": {"embedding_dim": 8, "width": 2}})
+        >>> stage.dry_run({"image_size": 32})["embedding_dim"]
+        8
+    """
+
+    default_model = {"class": "ConvAutoencoder", "config": {}}
+    default_terms = {"reconstruction": {"class": "Reconstruction", "config": {}}}
+
+    def build_model(self, image_size: int) -> nn.Module:
+        return build(self.model_spec, nn.Module, image_size=image_size)
+
+    def dry_run(self, shapes: dict[str, Any]) -> dict[str, Any]:
+        autoencoder = self.build_model(shapes["image_size"])
+        self.objective()
+        return {**shapes, "embedding_dim": autoencoder.embedding_dim}
+
+    def plan(self, context: StageContext) -> StagePlan:
+        autoencoder = self.build_model(context.image_size).to(context.runtime.device)
+        objective = self.objective().to(context.runtime.device)
+        model = AutoencoderTraining(autoencoder, objective)
+        train, val = context.train_set, context.val_set
+        return StagePlan(
+            model=model, updates=self.updates(autoencoder, objective), loss_fn=_call_model,
+            train_batches=Batches([train.images, train.labels], self.batch_size, shuffle=True,
+                                  seed=context.seed, drop_last=True),
+            val_batches=Batches([val.images, val.labels], 256), epochs=self.epochs, product=lambda: autoencoder)
+
+
+def _call_model(model: nn.Module, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
+    return model(*batch)
+
+
+class FlowTraining(nn.Module):
+    """The flow stage's model: noise on the standardized embeddings (training only), the flow's
+    trainable body, and the objective.
+
+    The flow's fixed head (standardization) is applied once to all embeddings before
+    training, so each step runs only the body; ``head_logabsdet`` adds the head's constant
+    log-determinant back, so ``log_prob`` is the flow's density of the raw embeddings.
+    """
+
+    def __init__(self, flow: Flow, noise_std: float, objective: Objective, head_logabsdet: Tensor):
+        super().__init__()
+        self.flow, self.noise, self.objective = flow, GaussianNoise(noise_std), objective
+        # not registered as a submodule: its layers are the flow's (no duplicate weights)
+        object.__setattr__(self, "body", flow.body if hasattr(flow, "body") else flow.transform)
+        self.register_buffer("head_logabsdet", head_logabsdet, persistent=False)
+
+    def forward(self, standardized: Tensor, context: Tensor) -> dict[str, Tensor]:
+        z, logabsdet = self.body(self.noise(standardized), context)
+        log_prob = self.flow.base.log_prob(z) + logabsdet + self.head_logabsdet
+        losses = self.objective({"log_prob": log_prob, "z": z, "context": context})
+        losses["bits_per_dim"] = to_bits_per_dim(losses["loss"].detach(), z.shape[1])
+        return losses
+
+
+@register
+class FlowStage(Stage):
+    """Train the conditional flow on the autoencoder's embeddings of the training images.
+
+    The flow is built with ``features`` (the embedding size), ``context_size`` (the number
+    of classes), ``seed`` (the run's) and the embeddings' ``mean`` and ``std``, which its
+    fixed head standardizes with; the context is the one-hot class.
+
+    Args:
+        epochs, batch_size, lr, weight_decay, model, terms: see ``Stage``; ``terms`` default
+            to ``{"nll": NegativeLogLikelihood()}``.
+        noise: std of Gaussian noise added to the standardized embeddings while training (a
+            regularizer that smooths the density around the training points).
+        patience: stop after this many epochs without a better validation loss, keeping the
+            best weights (None: train every epoch).
+
+    Example:
+        >>> stage = FlowStage(epochs=1, batch_size=8, lr=1e-3, model={"class": "ConditionalRealNVP",
+        ...                   "config": {"couplings": 2, "hidden": [8], "standardize": True}})
+        >>> stage.dry_run({"embedding_dim": 4, "classes": 2})["flow_parameters"] > 0
+        True
+    """
+
+    default_model = {"class": "ConditionalRealNVP", "config": {"standardize": True}}
+    default_terms = {"nll": {"class": "NegativeLogLikelihood", "config": {}}}
+
+    def __init__(self, epochs: int, batch_size: int, lr: float, weight_decay: float = 0.0,
+                 model: dict | None = None, terms: Mapping[str, dict] | None = None, noise: float = 0.0,
+                 patience: int | None = None):
+        super().__init__(epochs, batch_size, lr, weight_decay, model, terms)
+        if not noise >= 0:
+            raise ValueError(f"noise must be non-negative, got {noise}")
+        if patience is not None and (not isinstance(patience, int) or patience < 1):
+            raise ValueError(f"patience must be a positive integer or None, got {patience!r}")
+        self.noise, self.patience = noise, patience
+
+    def build_flow(self, features: int, classes: int, seed: int, mean: Tensor | None = None,
+                   std: Tensor | None = None) -> Flow:
+        return build(self.model_spec, Flow, features=features, context_size=classes, seed=seed, mean=mean, std=std)
+
+    def dry_run(self, shapes: dict[str, Any]) -> dict[str, Any]:
+        flow = self.build_flow(shapes["embedding_dim"], shapes.get("classes", 2), 0)
+        self.objective()
+        return {**shapes, "flow_parameters": sum(p.numel() for p in flow.parameters())}
+
+    def plan(self, context: StageContext) -> StagePlan:
+        autoencoder = context.models["autoencoder"]
+        raw_train = encode_images(autoencoder, context.train_set.images)
+        raw_val = encode_images(autoencoder, context.val_set.images)
+        statistics = Standardize.fit(raw_train)
+        flow = self.build_flow(raw_train.shape[1], len(context.class_names), context.seed,
+                               statistics.mean, statistics.std).to(context.runtime.device)
+        head = getattr(flow, "head", None) or Standardize(raw_train.shape[1])  # identity for a flow without one
+        with torch.no_grad():
+            train_x, head_logabsdet = head(raw_train)
+            val_x, _ = head(raw_val)
+        objective = self.objective().to(context.runtime.device)
+        model = FlowTraining(flow, self.noise, objective, head_logabsdet[0])
+        callbacks: list[Callback] = [EarlyStopping("loss", self.patience)] if self.patience else []
+        train, val = context.train_set, context.val_set
+        return StagePlan(
+            model=model, updates=self.updates(flow, objective), loss_fn=_call_model,
+            train_batches=Batches([train_x, context.one_hot(train.labels)], self.batch_size, shuffle=True,
+                                  seed=context.seed + 1, drop_last=True),
+            val_batches=Batches([val_x, context.one_hot(val.labels)], 1024), epochs=self.epochs,
+            product=lambda: flow, callbacks=callbacks, autocast=False)  # log-determinants stay in fp32
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "noise": self.noise, "patience": self.patience}
