@@ -284,7 +284,12 @@ def bijection_spec(text: Any) -> dict:
 
 @dataclass(frozen=True)
 class Option:
-    """A command-line alias onto a config path: the value's parser and the flag's help."""
+    """A command-line alias onto a config path: the value's parser and the flag's help.
+
+    Example:
+        >>> OPTIONS["scale-fn"].path, OPTIONS["scale-fn"].to_config("softplus")
+        ('stages.flow.config.model.config.bijection', {'class': 'SoftplusAffine', 'config': {}})
+    """
 
     path: str
     parse: Callable[[Any], Any]

@@ -38,6 +38,11 @@ class Samples:
         images: uint8 ``(n, 3, S, S)``.
         log_prob: log-density (nats) of each image's embedding under the flow.
         label: the class name.
+
+    Example:
+        >>> import torch
+        >>> Samples(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([5.0, 1.0]), "cat").label
+        'cat'
     """
 
     images: Tensor

@@ -19,7 +19,17 @@ from ..registry import Configurable, register
 
 
 class BaseDistribution(nn.Module, Configurable):
-    """The noise end of a flow: ``log_prob(z)`` summed over features, and ``sample``."""
+    """The noise end of a flow: ``log_prob(z)`` summed over features, and ``sample``.
+
+    Subclasses set ``features`` and implement ``log_prob(z)`` and
+    ``sample(shape, generator, temperature)`` (draws of shape ``shape + (features,)``).
+
+    Example:
+        >>> import torch
+        >>> from latentflows.flows import StandardNormal
+        >>> StandardNormal(3).sample((2,), torch.Generator().manual_seed(0)).shape
+        torch.Size([2, 3])
+    """
 
     features: int
 

@@ -67,6 +67,16 @@ class StepSchedule(Callback):
 
     Args:
         scheduler: the scheduler to step.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+        >>> schedule = StepSchedule(torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5))
+        >>> optimizer.step()  # an epoch of training
+        >>> schedule.on_epoch_end(None, None)
+        >>> optimizer.param_groups[0]["lr"]
+        0.5
     """
 
     def __init__(self, scheduler: Any):
@@ -81,6 +91,13 @@ class JsonlLogger(Callback):
 
     Args:
         path: the ``.jsonl`` file (created if missing, appended to otherwise).
+
+    Example:
+        >>> import json, tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "metrics.jsonl"
+        >>> JsonlLogger(path).on_epoch_end(None, EpochRecord("flow", 1, {"loss": 2.5}))
+        >>> json.loads(path.read_text())
+        {'stage': 'flow', 'epoch': 1, 'seconds': 0.0, 'train_loss': 2.5}
     """
 
     def __init__(self, path: str | Path):
@@ -103,6 +120,18 @@ class Checkpoint(Callback):
     Args:
         path: the checkpoint file.
         every: epochs between saves.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> from torch import nn
+        >>> from latentflows.training import Batches, Trainer, adam
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "model.safetensors"
+        >>> model = nn.Linear(1, 1)
+        >>> loss_fn = lambda m, batch: {"loss": m(batch[0]).pow(2).mean()}
+        >>> trainer = Trainer(model, adam(model.parameters(), 1e-2), loss_fn, callbacks=[Checkpoint(path)], progress=False)
+        >>> _ = trainer.fit(Batches([torch.ones(4, 1)], 2), epochs=2)
+        >>> read_checkpoint(path)[1]["epoch"]
+        '2'
     """
 
     def __init__(self, path: str | Path, every: int = 1):
@@ -142,6 +171,16 @@ class EarlyStopping(Callback):
         patience: epochs without improvement before stopping.
         min_delta: the smallest change that counts as an improvement.
         restore_best: end with the weights (and buffers) of the best epoch.
+
+    Example:
+        >>> stop = EarlyStopping(patience=2, restore_best=False)
+        >>> class Loop:  # stands in for a Trainer
+        ...     stop_training = False
+        >>> loop = Loop()
+        >>> for epoch, value in enumerate([3.0, 2.0, 2.5, 2.4], 1):
+        ...     stop.on_epoch_end(loop, EpochRecord("flow", epoch, {}, {"loss": value}))
+        >>> stop.best_epoch, loop.stop_training
+        (2, True)
     """
 
     def __init__(self, monitor: str = "loss", patience: int = 10, min_delta: float = 0.0, restore_best: bool = True):

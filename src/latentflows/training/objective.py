@@ -103,6 +103,15 @@ class Objective(nn.Module):
 
     Args:
         terms: name -> ``Term`` (or its spec).
+
+    Example:
+        >>> import torch
+        >>> objective = Objective({"pixels": Reconstruction(),
+        ...                        "huber": {"class": "Reconstruction", "config": {
+        ...                            "loss": {"class": "HuberLoss", "config": {}}, "weight": 0.5}}})
+        >>> losses = objective({"images": torch.zeros(1, 2), "reconstruction": torch.ones(1, 2)})
+        >>> sorted(losses), round(losses["loss"].item(), 3)
+        (['huber', 'loss', 'pixels'], 1.25)
     """
 
     def __init__(self, terms: Mapping[str, Term | dict]):

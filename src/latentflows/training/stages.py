@@ -28,7 +28,16 @@ from .trainer import Batches, Update, adam
 
 @dataclass
 class StageContext:
-    """What a stage can use: the data split, the run's settings and the earlier stages' products."""
+    """What a stage can use: the data split, the run's settings and the earlier stages' products.
+
+    Attributes:
+        train_set, val_set: the run's split.
+        runtime: device and precision.
+        seed: the run's seed.
+        image_size: the images' side in pixels.
+        models: what earlier stages produced, by stage name (e.g. ``models["autoencoder"]``).
+        summary: figures a stage wants saved with the run (e.g. its best epoch).
+    """
 
     train_set: ImageDataset
     val_set: ImageDataset
@@ -48,7 +57,18 @@ class StageContext:
 
 @dataclass
 class StagePlan:
-    """Everything the trainer needs for one stage, and how to get the product afterwards."""
+    """Everything the trainer needs for one stage, and how to get the product afterwards.
+
+    Attributes:
+        model: the module the trainer trains and checkpoints.
+        updates: one ``Update`` per loss to minimize.
+        loss_fn: ``loss_fn(model, batch) -> dict`` of losses.
+        train_batches, val_batches: the batches of each epoch.
+        epochs: the number of epochs.
+        product: returns the trained component handed to later stages and the pipeline.
+        callbacks: the stage's own callbacks (e.g. early stopping).
+        autocast: whether mixed precision may apply.
+    """
 
     model: nn.Module
     updates: list[Update]
@@ -71,6 +91,11 @@ class Stage(Configurable):
         weight_decay: Adam weight decay.
         model: spec of the model the stage trains.
         terms: name -> spec of each objective term.
+
+    Example:
+        >>> stage = AutoencoderStage(epochs=2, batch_size=16, lr=1e-3)
+        >>> sorted(stage.objective().terms), stage.get_config()["epochs"]
+        (['reconstruction'], 2)
     """
 
     default_model: dict[str, Any] = {}
@@ -116,7 +141,20 @@ class Stage(Configurable):
 
 
 class AutoencoderTraining(nn.Module):
-    """The autoencoder stage's model: autoencoder and objective terms (which may own weights)."""
+    """The autoencoder stage's model: autoencoder and objective terms (which may own weights).
+
+    Args:
+        autoencoder: the autoencoder.
+        objective: its objective; called with the images, reconstruction, embedding and labels.
+
+    Example:
+        >>> import torch
+        >>> from latentflows import ConvAutoencoder
+        >>> model = AutoencoderTraining(ConvAutoencoder(8, width=2, image_size=32, fc_dim=16),
+        ...                             Objective({"reconstruction": {"class": "Reconstruction"}})).eval()
+        >>> sorted(model(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.tensor([0, 1])))
+        ['loss']
+    """
 
     def __init__(self, autoencoder: nn.Module, objective: Objective):
         super().__init__()
@@ -179,6 +217,20 @@ class FlowTraining(nn.Module):
     The flow's fixed head (standardization) is applied once to all embeddings before
     training, so each step runs only the body; ``head_logabsdet`` adds the head's constant
     log-determinant back, so ``log_prob`` is the flow's density of the raw embeddings.
+
+    Args:
+        flow: the flow (with ``base`` and, if it has a head, ``body``).
+        noise_std: std of the training noise, in standardized units.
+        objective: its objective; called with ``log_prob``, ``z`` and ``context``.
+        head_logabsdet: the head's constant log-determinant.
+
+    Example:
+        >>> import torch
+        >>> from latentflows.flows import ConditionalRealNVP
+        >>> flow = ConditionalRealNVP(4, 2, couplings=1, hidden=[8], standardize=True)
+        >>> model = FlowTraining(flow, 0.0, Objective({"nll": {"class": "NegativeLogLikelihood"}}), torch.tensor(0.0))
+        >>> sorted(model.eval()(torch.zeros(3, 4), torch.eye(2)[[0, 1, 1]]))
+        ['bits_per_dim', 'loss']
     """
 
     def __init__(self, flow: Flow, noise_std: float, objective: Objective, head_logabsdet: Tensor):

@@ -104,6 +104,14 @@ class Update:
         parameters: the parameters it updates (default: the optimizer's); the backward
             pass of this loss reaches only these, so an adversary's loss never changes the
             model it judges.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> critic = nn.Linear(2, 1)
+        >>> update = Update("discriminator", adam(critic.parameters(), 1e-3), loss="discriminator")
+        >>> len(update.parameters)
+        2
     """
 
     name: str
