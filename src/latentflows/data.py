@@ -34,7 +34,21 @@ CACHE_ENTRIES = 8  # most recently used decoded sources kept on disk ($LATENTFLO
 
 @dataclass
 class ImageDataset:
-    """Images as uint8 ``(N, 3, S, S)``, integer labels ``(N,)`` and the class names."""
+    """Images as uint8 ``(N, 3, S, S)``, integer labels ``(N,)`` and the class names.
+
+    Args:
+        images: uint8 ``(N, 3, S, S)``.
+        labels: int64 ``(N,)``.
+        class_names: the classes, in label order.
+        source: where the images came from.
+        skipped: files that could not be read.
+
+    Example:
+        >>> import torch
+        >>> data = ImageDataset(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 1, 1]), ["cat", "dog"])
+        >>> data.class_counts(), data.subset([1, 2]).image_size
+        ({'cat': 1, 'dog': 3}, 8)
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -161,7 +175,8 @@ def _resolve(source) -> tuple[str, list[Path], str]:
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix != ".parquet":
-            raise DataError(f"{path}: a data file must be .parquet; for images, pass the folder that holds one subfolder per class")
+            raise DataError(f"{path}: a data file must be .parquet; for images, pass the folder that holds "
+                            "one subfolder per class")
         return "parquet", [path.resolve()], str(path.resolve())
     if path.is_dir():
         shards = sorted(path.glob("*.parquet"))

@@ -6,20 +6,65 @@ so raising one of these is how library code reports bad input.
 
 
 class LatentflowsError(Exception):
-    """Base class: a problem with the user's input, files or options (not a bug)."""
+    """Base class: a problem with the user's input, files or options (not a bug).
+
+    Example:
+        >>> import latentflows as lf
+        >>> try:
+        ...     lf.load("no/such/run")
+        ... except lf.LatentflowsError as error:
+        ...     print(error)
+        no/such/run: no such run folder
+    """
 
 
 class DataError(LatentflowsError):
-    """A data source is missing, empty, unreadable or has the wrong schema."""
+    """A data source is missing, empty, unreadable or has the wrong schema.
+
+    Example:
+        >>> from latentflows import load_images
+        >>> try:
+        ...     load_images("no/such/folder")
+        ... except DataError as error:
+        ...     print(type(error).__name__)
+        DataError
+    """
 
 
 class ModelFileError(LatentflowsError):
-    """A saved run or weights file is missing, truncated, foreign or incompatible."""
+    """A saved run or weights file is missing, truncated, foreign or incompatible.
+
+    Example:
+        >>> import latentflows as lf
+        >>> isinstance(ModelFileError("x"), lf.LatentflowsError)
+        True
+    """
 
 
 class UnknownComponentError(LatentflowsError):
-    """A saved config names a component class that is not registered."""
+    """A saved config names a component class that is not registered.
+
+    Example:
+        >>> import latentflows as lf
+        >>> try:
+        ...     lf.deserialize({"class": "NoSuchThing", "config": {}})
+        ... except UnknownComponentError as error:
+        ...     print(str(error)[:44])
+        no component named 'NoSuchThing' is register
+    """
 
 
 class RunExistsError(LatentflowsError):
-    """The output folder already holds something we would overwrite."""
+    """The output folder already holds something we would overwrite.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from latentflows.runs import RunFolder
+        >>> folder = pathlib.Path(tempfile.mkdtemp()); (folder / "notes.txt").write_text("mine")
+        4
+        >>> try:
+        ...     RunFolder(folder).prepare()
+        ... except RunExistsError:
+        ...     print("refused")
+        refused
+    """

@@ -9,7 +9,7 @@ The coupling networks accept all of them; ``regularization_loss(model)`` and
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +63,17 @@ def get_activation(spec) -> nn.Module:
 
 @register
 class Lambda(nn.Module, Configurable):
-    """A stateless layer around a function; saved by the function's registered name."""
+    """A stateless layer around a function; saved by the function's registered name.
+
+    Args:
+        function: a registered function (or its registered name).
+
+    Example:
+        >>> import torch
+        >>> from latentflows.layers import Lambda
+        >>> Lambda(torch.square)(torch.tensor([3.0])).item()
+        9.0
+    """
 
     def __init__(self, function: Callable | str):
         super().__init__()
@@ -114,7 +124,16 @@ def initialize(weight: Tensor, spec) -> None:
 
 @register
 class L1(Configurable):
-    """factor * sum |w|, added to the loss each step."""
+    """factor * sum |w|, added to the loss each step.
+
+    Args:
+        factor: the weight of the penalty.
+
+    Example:
+        >>> import torch
+        >>> L1(0.5)(torch.tensor([1.0, -3.0])).item()
+        2.0
+    """
 
     def __init__(self, factor: float = 0.01):
         self.factor = factor
@@ -128,7 +147,16 @@ class L1(Configurable):
 
 @register
 class L2(Configurable):
-    """factor * sum w^2, added to the loss each step."""
+    """factor * sum w^2, added to the loss each step.
+
+    Args:
+        factor: the weight of the penalty.
+
+    Example:
+        >>> import torch
+        >>> L2(0.5)(torch.tensor([1.0, -3.0])).item()
+        5.0
+    """
 
     def __init__(self, factor: float = 0.01):
         self.factor = factor
@@ -142,7 +170,13 @@ class L2(Configurable):
 
 @register
 class NonNegative(Configurable):
-    """Constraint: negative weights are set to zero after each optimizer step."""
+    """Constraint: negative weights are set to zero after each optimizer step.
+
+    Example:
+        >>> import torch
+        >>> NonNegative()(torch.tensor([-1.0, 2.0])).tolist()
+        [0.0, 2.0]
+    """
 
     def __call__(self, weight: Tensor) -> Tensor:
         return weight.clamp_min(0.0)
@@ -160,7 +194,15 @@ reserve(CONSTRAINTS, "constraint")
 
 
 class WeightHooks:
-    """Mixin for layers with ``kernel_regularizer`` / ``kernel_constraint`` on their weights."""
+    """Mixin for layers with ``kernel_regularizer`` / ``kernel_constraint`` on their weights.
+
+    Example:
+        >>> import torch
+        >>> layer = Dense(2, kernel_regularizer=L1(1.0))
+        >>> _ = layer(torch.ones(1, 3))
+        >>> bool(layer.regularization_loss() > 0)
+        True
+    """
 
     kernel_regularizer = None
     kernel_constraint = None
@@ -200,6 +242,18 @@ class AddsLosses:
 
     The trainer pops them after each forward pass, adds them to the main loss and shows
     each under its name.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> class Shrinking(AddsLosses, nn.Module):
+        ...     def forward(self, x):
+        ...         self.add_loss("size", x.pow(2).mean())
+        ...         return x
+        >>> model = Shrinking()
+        >>> _ = model(torch.ones(2))
+        >>> {k: v.item() for k, v in pop_auxiliary_losses(model).items()}
+        {'size': 1.0}
     """
 
     def add_loss(self, name: str, value: Tensor) -> None:
@@ -223,6 +277,23 @@ class Dense(WeightHooks, nn.Module, Configurable):
 
     Run one batch through the model before creating the optimizer (as with any lazy
     PyTorch module); loading a state dict also sets the size.
+
+    Args:
+        units: output size.
+        activation: activation after the linear map (name, registered function or module).
+        kernel_initializer: initializer of the weight (name or registered function).
+        kernel_regularizer: penalty on the weight added to the loss (e.g. ``L1(0.01)``).
+        kernel_constraint: applied to the weight after each step (e.g. ``NonNegative()``).
+
+    References:
+        Glorot, Bengio, "Understanding the difficulty of training deep feedforward neural
+        networks", AISTATS 2010 (the default ``glorot_normal`` initializer).
+
+    Example:
+        >>> import torch
+        >>> layer = Dense(4, activation="relu")
+        >>> layer(torch.ones(2, 3)).shape, layer.linear.in_features
+        (torch.Size([2, 4]), 3)
     """
 
     def __init__(self, units: int, activation="identity", kernel_initializer="glorot_normal",
@@ -255,6 +326,15 @@ class GaussianNoise(nn.Module, Configurable):
 
     On the flow's embeddings this is a real regularizer (``--flow-noise``): it smooths the
     learned density around the training points.
+
+    Args:
+        stddev: the noise's standard deviation.
+
+    Example:
+        >>> import torch
+        >>> noise = GaussianNoise(0.1)
+        >>> torch.equal(noise.eval()(torch.ones(3)), torch.ones(3))
+        True
     """
 
     def __init__(self, stddev: float):
@@ -274,7 +354,22 @@ class GaussianNoise(nn.Module, Configurable):
 
 @register
 class ResidualBlock(nn.Module, Configurable):
-    """x + f(x), with f a stack of ``layers`` fully connected layers of width ``units``."""
+    """x + f(x), with f a stack of ``layers`` fully connected layers of width ``units``.
+
+    Args:
+        units: width of the block (input and output).
+        layers: number of linear layers in ``f``.
+        activation: activation after each layer.
+
+    References:
+        He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016,
+        arXiv:1512.03385.
+
+    Example:
+        >>> import torch
+        >>> ResidualBlock(8)(torch.zeros(2, 8)).shape
+        torch.Size([2, 8])
+    """
 
     def __init__(self, units: int, layers: int = 2, activation="relu"):
         super().__init__()

@@ -21,6 +21,21 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 class Loss(nn.Module, Configurable):
+    """A loss with one value per sample, optional sample weights and a reduction; subclasses implement
+    ``per_sample(target, prediction)``.
+
+    Args:
+        reduction: ``"mean"`` (sum of weighted values over the batch size), ``"sum"`` or ``"none"``.
+
+    Example:
+        >>> import torch
+        >>> class Absolute(Loss):
+        ...     def per_sample(self, target, prediction):
+        ...         return (target - prediction).abs().mean(1)
+        >>> Absolute()(torch.zeros(2, 2), torch.ones(2, 2), sample_weight=torch.tensor([1.0, 0.0])).item()
+        0.5
+    """
+
     def __init__(self, reduction: str = "mean"):
         super().__init__()
         if reduction not in REDUCTIONS:
@@ -71,6 +86,21 @@ def huber(error: Tensor, threshold: float) -> Tensor:
 
 @register
 class HuberLoss(Loss):
+    """Mean Huber loss per sample: quadratic for small errors, linear for large ones.
+
+    Args:
+        threshold: where the loss turns from quadratic to linear.
+        reduction: see ``Loss``.
+
+    References:
+        Huber, "Robust Estimation of a Location Parameter", Annals of Mathematical Statistics, 1964.
+
+    Example:
+        >>> import torch
+        >>> HuberLoss(1.0, reduction="none")(torch.zeros(2, 1), torch.tensor([[0.5], [3.0]])).tolist()
+        [0.125, 2.5]
+    """
+
     def __init__(self, threshold: float = 1.0, reduction: str = "mean"):
         super().__init__(reduction)
         if threshold <= 0:
@@ -86,6 +116,17 @@ class HuberLoss(Loss):
 
 @register
 class MSELoss(Loss):
+    """Mean squared error per sample.
+
+    Args:
+        reduction: see ``Loss``.
+
+    Example:
+        >>> import torch
+        >>> MSELoss()(torch.zeros(1, 2), torch.tensor([[1.0, 3.0]])).item()
+        5.0
+    """
+
     def per_sample(self, target, prediction):
         return _per_sample_mean((target - prediction).pow(2))
 
@@ -95,6 +136,17 @@ class FlowNLL(Loss):
     """Negative log-likelihood of a flow, per sample, in nats or bits per dimension.
 
     Called as ``loss(flow, x, context)``: it evaluates ``flow.log_prob`` itself.
+
+    Args:
+        unit: ``"nats"`` or ``"bits_per_dim"``.
+        reduction: see ``Loss``.
+
+    Example:
+        >>> import torch
+        >>> from latentflows.flows import ConditionalRealNVP
+        >>> flow = ConditionalRealNVP(2, couplings=1, hidden=[4]).eval()   # starts as the identity
+        >>> round(FlowNLL()(flow, torch.zeros(1, 2)).item(), 4)           # log(2 pi)
+        1.8379
     """
 
     UNITS = ("nats", "bits_per_dim")

@@ -16,7 +16,15 @@ from .registry import Configurable, register
 
 
 class StreamingMean(Metric, Configurable):
-    """Weighted mean of per-sample values: sum and count, summed across processes."""
+    """Weighted mean of per-sample values: sum and count, summed across processes.
+
+    Example:
+        >>> import torch
+        >>> mean = MeanMetric()
+        >>> mean.update(torch.tensor([1.0, 3.0])); mean.update(torch.tensor([5.0]))
+        >>> mean.compute().item()
+        3.0
+    """
 
     full_state_update = False
 
@@ -43,12 +51,31 @@ class StreamingMean(Metric, Configurable):
 
 @register
 class MeanMetric(StreamingMean):
-    """Mean of whatever values it is given (e.g. a running loss)."""
+    """Mean of whatever values it is given (e.g. a running loss).
+
+    Example:
+        >>> import torch
+        >>> metric = MeanMetric()
+        >>> metric.update(torch.tensor([2.0]), torch.tensor([3.0])); metric.update(torch.tensor([6.0]))
+        >>> metric.compute().item()
+        3.0
+    """
 
 
 @register
 class HuberMetric(StreamingMean):
-    """Mean Huber loss over all elements seen since the last reset."""
+    """Mean Huber loss over all elements seen since the last reset.
+
+    Args:
+        threshold: where the loss turns from quadratic to linear.
+
+    Example:
+        >>> import torch
+        >>> metric = HuberMetric(1.0)
+        >>> metric.update(torch.tensor([3.0]), torch.tensor([0.0]))
+        >>> metric.compute().item()
+        2.5
+    """
 
     def __init__(self, threshold: float = 1.0, **kwargs):
         super().__init__(**kwargs)
@@ -63,7 +90,18 @@ class HuberMetric(StreamingMean):
 
 @register
 class BitsPerDim(StreamingMean):
-    """Negative log-likelihood in bits per dimension, from per-sample log-densities in nats."""
+    """Negative log-likelihood in bits per dimension, from per-sample log-densities in nats.
+
+    Args:
+        features: the number of dimensions.
+
+    Example:
+        >>> import math, torch
+        >>> metric = BitsPerDim(2)
+        >>> metric.update(torch.tensor([-2 * math.log(2)]))
+        >>> round(metric.compute().item(), 6)
+        1.0
+    """
 
     def __init__(self, features: int, **kwargs):
         super().__init__(**kwargs)

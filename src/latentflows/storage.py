@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from torch.nn.parameter import is_lazy
 from safetensors.torch import save_file
+from torch.nn.parameter import is_lazy
 
 from .errors import ModelFileError
 

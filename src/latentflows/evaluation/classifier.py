@@ -18,7 +18,19 @@ from ..training import Batches, StepSchedule, Trainer, adam
 
 @register
 class ImageClassifier(nn.Module, Configurable):
-    """Four stride-2 conv stages (each conv-BN-ReLU twice), global average pool, linear."""
+    """Four stride-2 conv stages (each conv-BN-ReLU twice), global average pool, linear.
+
+    Args:
+        num_classes: number of classes.
+        width: channels of the first stage (doubled at each stage).
+        dropout: dropout before the linear layer.
+
+    Example:
+        >>> import torch
+        >>> model = ImageClassifier(2, width=4).eval()
+        >>> model.predict(torch.zeros(3, 3, 64, 64, dtype=torch.uint8)).shape
+        torch.Size([3])
+    """
 
     def __init__(self, num_classes: int, width: int = 32, dropout: float = 0.3):
         super().__init__()

@@ -11,9 +11,9 @@ import warnings
 
 import torch
 from torch import Tensor, nn
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 from torchmetrics.image.fid import FrechetInceptionDistance  # module paths: the package only
 from torchmetrics.image.kid import KernelInceptionDistance  # exports them with torch-fidelity
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from ..autoencoder import to_signed_unit
 from ..losses import to_bits_per_dim

@@ -10,7 +10,19 @@ from .base import Transform, check_features
 
 @register
 class RandomPermutation(Transform):
-    """Volume-preserving (logabsdet 0); the permutation is a buffer, saved with the weights."""
+    """Volume-preserving (logabsdet 0); the permutation is a buffer, saved with the weights.
+
+    Args:
+        features: number of features.
+        seed: seeds the permutation.
+
+    Example:
+        >>> import torch
+        >>> layer = RandomPermutation(3, seed=0)
+        >>> z, logabsdet = layer(torch.tensor([[1.0, 2.0, 3.0]]))
+        >>> sorted(z[0].tolist()), layer.inverse(z)[0].tolist(), logabsdet.tolist()
+        ([1.0, 2.0, 3.0], [[1.0, 2.0, 3.0]], [0.0])
+    """
 
     def __init__(self, features: int, seed: int = 0):
         super().__init__()
