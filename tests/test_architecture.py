@@ -243,3 +243,13 @@ def test_one_bits_per_dim_conversion_and_one_split():
     assert conversions == ["losses.py"]
     splitting = [path.name for path, text in sources.items() if "torch.randperm(len(members)" in text]
     assert splitting == ["runs.py"]
+
+
+def test_user_registrations_cannot_take_library_or_built_in_names():
+    with pytest.raises(ValueError, match="'relu' is the built-in activation"):
+        lf.register(name="relu")(lambda x: x)
+    with pytest.raises(ValueError, match="'Coupling' is already registered"):
+        @lf.register
+        class Coupling(nn.Module):  # noqa: F811 - a user's class of the same name
+            pass
+    assert lf.registry.get_registered("Coupling").__module__ == "latentflows.flows.coupling"

@@ -6,6 +6,8 @@ Exact Jacobians of flow layers (for checking log-determinants) are in
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -25,12 +27,12 @@ class StableSoftplus(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx: Any, x: Tensor) -> Tensor:
         ctx.save_for_backward(x)
         return x.clamp_min(0) + torch.log1p(torch.exp(-x.abs()))
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx: Any, grad_output: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
         return grad_output * torch.sigmoid(x)
 

@@ -10,17 +10,22 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from .config import OPTIONS, PRESETS, integer, parse_set, positive_float, positive_int
 from .errors import LatentflowsError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import RunConfig
+    from .data import ImageDataset
+
 EXIT_USAGE = 2
 
 
-def _argument(parse):
+def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """An argparse ``type`` from a config value parser: its ValueError becomes a usage error."""
 
-    def wrapped(text: str):
+    def wrapped(text: str) -> Any:
         try:
             return parse(text)
         except ValueError as error:
@@ -116,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_cache(args) -> None:
+def run_cache(args: argparse.Namespace) -> None:
     from .data import cache_entries, clear_cache, default_cache_dir
 
     if args.action == "clear":
@@ -128,7 +133,7 @@ def run_cache(args) -> None:
     print(f"{default_cache_dir()}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {total / 2**20:.1f} MiB")
 
 
-def run_train(args) -> None:
+def run_train(args: argparse.Namespace) -> None:
     from .data import load_images
     from .runs import RunFolder, apply_limit
 
@@ -180,7 +185,8 @@ def _import_modules(names: list[str]) -> None:
             raise LatentflowsError(f"--import {name}: {error}; is it on PYTHONPATH?") from None
 
 
-def _train_on(dataset, config, run_dir: Path, data: dict, args, resume: bool) -> None:
+def _train_on(dataset: ImageDataset, config: RunConfig, run_dir: Path, data: dict, args: argparse.Namespace,
+              resume: bool) -> None:
     from .training import train
 
     if resume:
@@ -198,7 +204,7 @@ def _train_on(dataset, config, run_dir: Path, data: dict, args, resume: bool) ->
           f"(try: latentflows sample {run_dir} --class {dataset.class_names[-1]} -n 16 --out grid.png)")
 
 
-def run_sample(args) -> None:
+def run_sample(args: argparse.Namespace) -> None:
     import numpy as np
 
     from .pipeline import load
@@ -219,7 +225,7 @@ def run_sample(args) -> None:
           f" (log-density {samples.log_prob[0]:.1f} .. {samples.log_prob[-1]:.1f} nats)")
 
 
-def run_evaluate(args) -> None:
+def run_evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate_run, format_report
 
     report = evaluate_run(args.run, source=args.data, out=args.out, overwrite=args.overwrite,
@@ -231,13 +237,13 @@ def run_evaluate(args) -> None:
     print(f"wrote {args.out or args.run / 'eval.json'} in {report['seconds']:.0f}s")
 
 
-def run_compare(args) -> None:
+def run_compare(args: argparse.Namespace) -> None:
     from .evaluation import compare, read_report
 
     print(compare([read_report(path) for path in args.runs], [path.name or str(path) for path in args.runs]))
 
 
-def run_interpolate(args) -> None:
+def run_interpolate(args: argparse.Namespace) -> None:
     from .interpolation import interpolate
     from .pipeline import load
     from .plots import interpolation_strip
@@ -260,7 +266,7 @@ def _check_png_target(path: Path, overwrite: bool) -> None:
         raise LatentflowsError(f"{path} already exists; choose another name or pass --overwrite")
 
 
-def run_info(args) -> None:
+def run_info(args: argparse.Namespace) -> None:
     from .pipeline import load
     from .runs import RunFolder
 

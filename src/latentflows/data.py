@@ -17,7 +17,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ CACHE_ENTRIES = 8  # most recently used decoded sources kept on disk ($LATENTFLO
 @dataclass
 class ImageDataset:
     """Images as uint8 ``(N, 3, S, S)``, integer labels ``(N,)`` and the class names.
+
+    What every source loads as, and what the run split and the training stages take;
+    the shapes are checked on creation.
 
     Args:
         images: uint8 ``(N, 3, S, S)``.
@@ -74,10 +77,12 @@ class ImageDataset:
         return self.images.shape[-1]
 
     def class_counts(self) -> dict[str, int]:
+        """The number of images of each class, by class name."""
         counts = torch.bincount(self.labels, minlength=self.num_classes).tolist()
         return dict(zip(self.class_names, counts))
 
     def subset(self, indices: torch.Tensor | Sequence[int]) -> "ImageDataset":
+        """The images at ``indices``, with the same class names and source."""
         indices = torch.as_tensor(indices, dtype=torch.long)
         return ImageDataset(self.images[indices], self.labels[indices], list(self.class_names), self.source)
 
@@ -85,7 +90,21 @@ class ImageDataset:
 # ---------------------------------------------------------------------------- decoding
 
 def to_rgb_array(image: Image.Image, size: int) -> np.ndarray:
-    """Any Pillow image -> (size, size, 3) uint8: orientation fixed, RGB, centre crop, LANCZOS."""
+    """Any Pillow image -> (size, size, 3) uint8: orientation fixed, RGB, centre crop, LANCZOS.
+
+    The one decoding path of every source, so that all images are prepared alike;
+    transparency is composited on white and 16-bit or float greyscale is rescaled.
+
+    Args:
+        image: an open Pillow image.
+        size: the side of the square output.
+
+    Example:
+        >>> image = Image.new("L", (8, 4), 128)
+        >>> array = to_rgb_array(image, 2)
+        >>> array.shape, array.dtype.name, array[0, 0].tolist()
+        ((2, 2, 3), 'uint8', [128, 128, 128])
+    """
     if image.format == "JPEG" and max(image.size) > 4 * size:
         image.draft("RGB", (2 * size, 2 * size))  # let libjpeg decode a downscaled image
     image = ImageOps.exif_transpose(image)
@@ -114,6 +133,18 @@ def _as_rgb(image: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes | str | Path, size: int) -> np.ndarray:
+    """Decode an encoded image (bytes or a file path) with ``to_rgb_array``.
+
+    Args:
+        data: the encoded image's bytes, or the path of an image file.
+        size: the side of the square output.
+
+    Example:
+        >>> buffer = io.BytesIO()
+        >>> Image.new("RGBA", (4, 4), (255, 0, 0, 0)).save(buffer, "PNG")
+        >>> decode_image(buffer.getvalue(), 2)[0, 0].tolist()   # fully transparent -> white
+        [255, 255, 255]
+    """
     source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     with Image.open(source) as image:
         return to_rgb_array(image, size)
@@ -128,6 +159,12 @@ def _stack(arrays: list[np.ndarray], size: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------- sources
 
 def embedded_files() -> list[Path]:
+    """The parquet shards of the embedded Oxford pets data, sorted; an error if they are missing.
+
+    Example:
+        >>> all(f.suffix == ".parquet" and f.parent == EMBEDDED_DIR for f in embedded_files())
+        True
+    """
     files = sorted(EMBEDDED_DIR.glob("*.parquet"))
     if not files:
         raise DataError(f"the embedded data is missing from {EMBEDDED_DIR}: reinstall latentflows")
@@ -141,6 +178,26 @@ def load_images(source: str | os.PathLike | None = None, *, label_field: str | N
 
     ``label_field`` picks the column that gives the class for parquet and hub data; by
     default ``dog`` (cat/dog, as in the seed notebook) when present, else ``label``.
+    Unreadable images are skipped with a warning and listed in ``skipped``.
+
+    Args:
+        source: a hub id, a parquet file or folder of shards, an image folder, or None (embedded).
+        label_field: the column with the class (parquet and hub data).
+        image_field: the column with the images (parquet and hub data).
+        image_size: the side of the square images, at least 8.
+        cache_dir: the decoded-image cache; default ``default_cache_dir()``.
+        use_cache: read and write the cache.
+        progress: show a progress bar while decoding.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     for name, grey in (("cat", 0), ("dog", 255)):
+        ...         (Path(folder) / name).mkdir()
+        ...         Image.new("RGB", (10, 10), (grey,) * 3).save(Path(folder) / name / "a.png")
+        ...     data = load_images(folder, image_size=8, use_cache=False)
+        >>> data.images.shape, data.class_names, data.labels.tolist()
+        (torch.Size([2, 3, 8, 8]), ['cat', 'dog'], [0, 1])
     """
     if image_size < 8:
         raise DataError(f"image size must be at least 8 pixels, got {image_size}")
@@ -165,10 +222,18 @@ def load_images(source: str | os.PathLike | None = None, *, label_field: str | N
 
 
 def default_cache_dir() -> Path:
+    """The latentflows cache folder: ``$LATENTFLOWS_CACHE``, else ``~/.cache/latentflows``.
+
+    Example:
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"LATENTFLOWS_CACHE": "/tmp/lf-cache"}):
+        ...     print(default_cache_dir())
+        /tmp/lf-cache
+    """
     return Path(os.environ.get("LATENTFLOWS_CACHE", Path.home() / ".cache" / "latentflows"))
 
 
-def _resolve(source) -> tuple[str, list[Path], str]:
+def _resolve(source: str | os.PathLike | None) -> tuple[str, list[Path], str]:
     """(kind, files, name): kind is 'parquet', 'folder' or 'hub'."""
     if source is None:
         return "parquet", embedded_files(), "embedded:oxford-pets-64"
@@ -189,7 +254,8 @@ def _resolve(source) -> tuple[str, list[Path], str]:
     raise DataError(f"data source {text!r} is neither an existing file or folder nor a hub id like 'owner/name'")
 
 
-def _cache_key(kind, name, files, image_size, image_field, label_field) -> str:
+def _cache_key(kind: str, name: str, files: list[Path], image_size: int, image_field: str,
+               label_field: str | None) -> str:
     identity: list = [LOADER_VERSION, kind, name, image_size, image_field, label_field]
     if kind == "folder":
         files = sorted(p for p in Path(name).rglob("*") if p.is_file())
@@ -217,7 +283,18 @@ def _write_cache(path: Path, dataset: ImageDataset) -> None:
 
 
 def cache_entries(cache_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Decoded-image cache files, most recently used first."""
+    """Decoded-image cache files, most recently used first.
+
+    Args:
+        cache_dir: the cache folder; default ``default_cache_dir()``.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = (Path(folder) / "a.safetensors").write_bytes(b"")
+        ...     print([p.name for p in cache_entries(folder)], cache_entries(Path(folder) / "none"))
+        ['a.safetensors'] []
+    """
     directory = Path(cache_dir or default_cache_dir())
     if not directory.is_dir():
         return []
@@ -225,7 +302,18 @@ def cache_entries(cache_dir: str | os.PathLike | None = None) -> list[Path]:
 
 
 def clear_cache(cache_dir: str | os.PathLike | None = None) -> tuple[int, int]:
-    """Delete every cache entry (and leftovers of interrupted writes); (files, bytes) removed."""
+    """Delete every cache entry (and leftovers of interrupted writes); (files, bytes) removed.
+
+    Args:
+        cache_dir: the cache folder; default ``default_cache_dir()``.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = (Path(folder) / "a.safetensors").write_bytes(b"1234")
+        ...     print(clear_cache(folder), cache_entries(folder))
+        (1, 4) []
+    """
     directory = Path(cache_dir or default_cache_dir())
     if not directory.is_dir():
         return 0, 0
@@ -258,7 +346,8 @@ def _load_folder(root: Path, size: int, progress: bool) -> ImageDataset:
     return dataset
 
 
-def _load_hf(kind, name, files, image_field, label_field, size, progress) -> ImageDataset:
+def _load_hf(kind: str, name: str, files: list[Path], image_field: str, label_field: str | None, size: int,
+             progress: bool) -> ImageDataset:
     import datasets  # imported here: it is slow to import and only needed on a cache miss
 
     datasets.logging.set_verbosity_error()
@@ -291,7 +380,7 @@ def _load_hf(kind, name, files, image_field, label_field, size, progress) -> Ima
     return ImageDataset(_stack(arrays, size), labels, class_names, name, skipped)
 
 
-def _image_bytes(item):
+def _image_bytes(item: Any) -> bytes | bytearray | Path:
     if isinstance(item, dict):
         if item.get("bytes"):
             return item["bytes"]
@@ -306,7 +395,7 @@ def _image_bytes(item):
     raise TypeError(f"unsupported image value of type {type(item).__name__}")
 
 
-def _labels(table, field_name) -> tuple[list[int], list[str]]:
+def _labels(table: Any, field_name: str) -> tuple[list[int], list[str]]:
     import datasets
 
     feature = table.features[field_name]

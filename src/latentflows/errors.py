@@ -8,6 +8,11 @@ so raising one of these is how library code reports bad input.
 class LatentflowsError(Exception):
     """Base class: a problem with the user's input, files or options (not a bug).
 
+    The CLI prints one as a one-line message and exits with code 2 instead of a traceback.
+
+    Args:
+        *args: the message, as for any ``Exception``.
+
     Example:
         >>> import latentflows as lf
         >>> try:
@@ -20,6 +25,9 @@ class LatentflowsError(Exception):
 
 class DataError(LatentflowsError):
     """A data source is missing, empty, unreadable or has the wrong schema.
+
+    Args:
+        *args: the message, as for any ``Exception``.
 
     Example:
         >>> from latentflows import load_images
@@ -34,6 +42,9 @@ class DataError(LatentflowsError):
 class ModelFileError(LatentflowsError):
     """A saved run or weights file is missing, truncated, foreign or incompatible.
 
+    Args:
+        *args: the message, as for any ``Exception``.
+
     Example:
         >>> import latentflows as lf
         >>> isinstance(ModelFileError("x"), lf.LatentflowsError)
@@ -43,6 +54,9 @@ class ModelFileError(LatentflowsError):
 
 class UnknownComponentError(LatentflowsError):
     """A saved config names a component class that is not registered.
+
+    Args:
+        *args: the message, as for any ``Exception``.
 
     Example:
         >>> import latentflows as lf
@@ -57,14 +71,17 @@ class UnknownComponentError(LatentflowsError):
 class RunExistsError(LatentflowsError):
     """The output folder already holds something we would overwrite.
 
+    Args:
+        *args: the message, as for any ``Exception``.
+
     Example:
         >>> import tempfile, pathlib
         >>> from latentflows.runs import RunFolder
-        >>> folder = pathlib.Path(tempfile.mkdtemp()); (folder / "notes.txt").write_text("mine")
-        4
-        >>> try:
-        ...     RunFolder(folder).prepare()
-        ... except RunExistsError:
-        ...     print("refused")
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = (pathlib.Path(folder) / "notes.txt").write_text("mine")
+        ...     try:
+        ...         RunFolder(folder).prepare()
+        ...     except RunExistsError:
+        ...         print("refused")
         refused
     """

@@ -45,7 +45,7 @@ def interpolation_path(start: Tensor, end: Tensor, steps: int, mode: str = "sphe
 
 @torch.no_grad()
 def interpolate(pipeline: LatentFlowPipeline, start_label: str | int, end_label: str | int, steps: int = 8,
-                seed: int = 0, temperature: float = 1.0, modes=MODES) -> dict[str, Tensor]:
+                seed: int = 0, temperature: float = 1.0, modes: tuple[str, ...] = MODES) -> dict[str, Tensor]:
     """Decoded uint8 images (steps, 3, S, S) for each mode, from a ``start_label`` sample to an
     ``end_label`` sample; the same seed gives the same two end points in every mode."""
     if temperature <= 0:

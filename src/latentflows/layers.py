@@ -18,8 +18,19 @@ from .registry import Configurable, deserialize, get_registered, register, reser
 
 # ---------------------------------------------------------------------------- specs
 
-def to_spec(hook) -> Any:
-    """A JSON-safe description of a hook: None, a name, or a component spec."""
+def to_spec(hook: Any) -> Any:
+    """A JSON-safe description of a hook: None, a name, or a component spec.
+
+    This is how activations, initializers, regularizers and constraints are saved in a
+    layer's config; an unregistered function or object is refused.
+
+    Args:
+        hook: None, a plain value or spec, a registered function, or a ``Configurable`` object.
+
+    Example:
+        >>> to_spec("relu"), to_spec(L1(0.5))
+        ('relu', {'class': 'L1', 'config': {'factor': 0.5}})
+    """
     if hook is None or isinstance(hook, (str, bool, int, float, dict)):
         return hook  # plain values and specs that are already saved
     if isinstance(hook, Configurable):
@@ -31,7 +42,20 @@ def to_spec(hook) -> Any:
                      "decorate it with @latentflows.register")
 
 
-def from_spec(spec, builtins: dict[str, Any]):
+def from_spec(spec: Any, builtins: dict[str, Any]) -> Any:
+    """The hook a spec describes: the inverse of ``to_spec``.
+
+    A name is looked up in ``builtins`` first, then in the registry; a dict is rebuilt
+    with ``deserialize``; None stays None and anything else is returned as it is.
+
+    Args:
+        spec: None, a name, a component spec, or an already built callable or object.
+        builtins: the built-in hooks of this kind by name (e.g. ``ACTIVATIONS``).
+
+    Example:
+        >>> from_spec("relu", ACTIVATIONS) is nn.ReLU, from_spec({"class": "L2", "config": {"factor": 1.0}}, {}).factor
+        (True, 1.0)
+    """
     if spec is None:
         return None
     if isinstance(spec, dict):
@@ -49,8 +73,17 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def get_activation(spec) -> nn.Module:
-    """A module for an activation name, a registered function or module class, or a module."""
+def get_activation(spec: Any) -> nn.Module:
+    """A module for an activation name, a registered function or module class, or a module.
+
+    Args:
+        spec: a name from ``ACTIVATIONS``, a registered function or module class, or a module.
+
+    Example:
+        >>> import torch
+        >>> get_activation("relu")(torch.tensor([-1.0, 2.0])).tolist()
+        [0.0, 2.0]
+    """
     if isinstance(spec, nn.Module):
         return spec
     hook = from_spec(spec, ACTIVATIONS)
@@ -79,27 +112,67 @@ class Lambda(nn.Module, Configurable):
         super().__init__()
         self.function = get_registered(function) if isinstance(function, str) else function
 
-    def forward(self, *inputs):
+    def forward(self, *inputs: Any) -> Any:
         return self.function(*inputs)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"function": to_spec(self.function)}
 
 
 # ---------------------------------------------------------------------------- initializers
 
 def glorot_normal_(weight: Tensor) -> Tensor:
-    """Glorot (Xavier) normal: std = sqrt(2 / (fan_in + fan_out))."""
+    """Glorot (Xavier) normal: std = sqrt(2 / (fan_in + fan_out)), in place.
+
+    Args:
+        weight: a 2-d weight ``(fan_out, fan_in)``.
+
+    References:
+        Glorot, Bengio, "Understanding the difficulty of training deep feedforward neural
+        networks", AISTATS 2010.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> round(glorot_normal_(torch.empty(300, 500)).std().item(), 2)   # sqrt(2 / 800) = 0.05
+        0.05
+    """
     fan_out, fan_in = weight.shape[0], weight.shape[1]
     with torch.no_grad():
         return weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)))
 
 
 def he_normal_(weight: Tensor) -> Tensor:
+    """He (Kaiming) normal for ReLU layers: std = sqrt(2 / fan_in), in place.
+
+    Args:
+        weight: a 2-d weight ``(fan_out, fan_in)``.
+
+    References:
+        He, Zhang, Ren, Sun, "Delving Deep into Rectifiers: Surpassing Human-Level Performance
+        on ImageNet Classification", ICCV 2015, arXiv:1502.01852.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> round(he_normal_(torch.empty(400, 200)).std().item(), 2)   # sqrt(2 / 200) = 0.1
+        0.1
+    """
     return nn.init.kaiming_normal_(weight, nonlinearity="relu")
 
 
 def lecun_normal_(weight: Tensor) -> Tensor:
+    """LeCun normal: std = 1 / sqrt(fan_in), in place (the usual choice before SELU).
+
+    Args:
+        weight: a 2-d weight ``(fan_out, fan_in)``.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> round(lecun_normal_(torch.empty(400, 100)).std().item(), 2)   # 1 / sqrt(100)
+        0.1
+    """
     with torch.no_grad():
         return weight.normal_(0.0, 1.0 / math.sqrt(weight.shape[1]))
 
@@ -110,8 +183,19 @@ INITIALIZERS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-def initialize(weight: Tensor, spec) -> None:
-    """Apply an initializer (name, registered function or object) in place; None keeps PyTorch's."""
+def initialize(weight: Tensor, spec: Any) -> None:
+    """Apply an initializer (name, registered function or object) in place; None keeps PyTorch's.
+
+    Args:
+        weight: the tensor to fill.
+        spec: a name from ``INITIALIZERS``, a registered function or object, or None.
+
+    Example:
+        >>> import torch
+        >>> weight = torch.ones(2, 2)
+        >>> initialize(weight, "zeros"); weight.sum().item()
+        0.0
+    """
     hook = from_spec(spec, INITIALIZERS)
     if hook is not None:
         with torch.no_grad():
@@ -124,7 +208,7 @@ def initialize(weight: Tensor, spec) -> None:
 
 @register
 class L1(Configurable):
-    """factor * sum |w|, added to the loss each step.
+    """L1 weight penalty, factor * sum |w|, added to the loss each step (pushes weights to zero).
 
     Args:
         factor: the weight of the penalty.
@@ -141,13 +225,13 @@ class L1(Configurable):
     def __call__(self, weight: Tensor) -> Tensor:
         return self.factor * weight.abs().sum()
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"factor": self.factor}
 
 
 @register
 class L2(Configurable):
-    """factor * sum w^2, added to the loss each step.
+    """L2 weight penalty (weight decay), factor * sum w^2, added to the loss each step.
 
     Args:
         factor: the weight of the penalty.
@@ -164,13 +248,16 @@ class L2(Configurable):
     def __call__(self, weight: Tensor) -> Tensor:
         return self.factor * weight.pow(2).sum()
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"factor": self.factor}
 
 
 @register
 class NonNegative(Configurable):
     """Constraint: negative weights are set to zero after each optimizer step.
+
+    Pass it as a layer's ``kernel_constraint`` (or by its built-in name ``"non_negative"``).
+    It takes no arguments.
 
     Example:
         >>> import torch
@@ -181,7 +268,7 @@ class NonNegative(Configurable):
     def __call__(self, weight: Tensor) -> Tensor:
         return weight.clamp_min(0.0)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {}
 
 
@@ -195,6 +282,10 @@ reserve(CONSTRAINTS, "constraint")
 
 class WeightHooks:
     """Mixin for layers with ``kernel_regularizer`` / ``kernel_constraint`` on their weights.
+
+    The hooks apply to the weight of every ``nn.Linear`` inside the layer; the trainer
+    finds such layers through ``regularization_loss(model)`` and ``apply_constraints(model)``.
+    It has no constructor arguments: a subclass sets the two attributes.
 
     Example:
         >>> import torch
@@ -223,13 +314,40 @@ class WeightHooks:
 
 
 def regularization_loss(model: nn.Module) -> Tensor | None:
-    """Sum of every hooked layer's regularization loss in ``model`` (None if there are none)."""
+    """Sum of every hooked layer's regularization loss in ``model`` (None if there are none).
+
+    Args:
+        model: any module; its ``WeightHooks`` layers are searched recursively.
+
+    Example:
+        >>> import torch
+        >>> model = nn.Sequential(Dense(1, kernel_initializer="zeros", kernel_regularizer=L2(1.0)))
+        >>> _ = model(torch.ones(1, 2))
+        >>> regularization_loss(model).item(), regularization_loss(nn.Linear(2, 1))
+        (0.0, None)
+    """
     terms = [m.regularization_loss() for m in model.modules() if isinstance(m, WeightHooks)]
     terms = [t for t in terms if t is not None]
     return sum(terms) if terms else None
 
 
 def apply_constraints(model: nn.Module) -> None:
+    """Apply every hooked layer's ``kernel_constraint`` to its weights, in place.
+
+    The trainer calls it after each optimizer step.
+
+    Args:
+        model: any module; its ``WeightHooks`` layers are searched recursively.
+
+    Example:
+        >>> import torch
+        >>> layer = Dense(1, kernel_constraint="non_negative")
+        >>> _ = layer(torch.ones(1, 2))
+        >>> with torch.no_grad():
+        ...     _ = layer.linear.weight.copy_(torch.tensor([[-1.0, 2.0]]))
+        >>> apply_constraints(layer); layer.linear.weight.tolist()
+        [[0.0, 2.0]]
+    """
     for module in model.modules():
         if isinstance(module, WeightHooks):
             module.apply_constraints()
@@ -241,7 +359,7 @@ class AddsLosses:
     """Mixin for modules that add losses from inside ``forward`` (e.g. a reconstruction term).
 
     The trainer pops them after each forward pass, adds them to the main loss and shows
-    each under its name.
+    each under its name. It has no constructor arguments.
 
     Example:
         >>> import torch
@@ -261,6 +379,24 @@ class AddsLosses:
 
 
 def pop_auxiliary_losses(model: nn.Module) -> dict[str, Tensor]:
+    """Remove and return the losses that ``AddsLosses`` modules in ``model`` added, by name.
+
+    A later module's loss replaces an earlier one of the same name.
+
+    Args:
+        model: any module; its submodules are searched recursively.
+
+    Example:
+        >>> import torch
+        >>> class Penalised(AddsLosses, nn.Module):
+        ...     def forward(self, x):
+        ...         self.add_loss("penalty", x.sum())
+        ...         return x
+        >>> model = Penalised()
+        >>> _ = model(torch.ones(3))
+        >>> pop_auxiliary_losses(model)["penalty"].item(), pop_auxiliary_losses(model)
+        (3.0, {})
+    """
     losses: dict[str, Tensor] = {}
     for module in model.modules():
         added = module.__dict__.pop("_auxiliary_losses", None)
@@ -296,8 +432,8 @@ class Dense(WeightHooks, nn.Module, Configurable):
         (torch.Size([2, 4]), 3)
     """
 
-    def __init__(self, units: int, activation="identity", kernel_initializer="glorot_normal",
-                 kernel_regularizer=None, kernel_constraint=None):
+    def __init__(self, units: int, activation: Any = "identity", kernel_initializer: Any = "glorot_normal",
+                 kernel_regularizer: Any = None, kernel_constraint: Any = None):
         super().__init__()
         self.units = units
         self.activation_spec, self.initializer_spec = activation, kernel_initializer
@@ -313,7 +449,7 @@ class Dense(WeightHooks, nn.Module, Configurable):
             nn.init.zeros_(self.linear.bias)
         return self.activation(self.linear(x))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"units": self.units, "activation": to_spec(self.activation_spec),
                 "kernel_initializer": to_spec(self.initializer_spec),
                 "kernel_regularizer": to_spec(self.kernel_regularizer),
@@ -348,7 +484,7 @@ class GaussianNoise(nn.Module, Configurable):
             return x + torch.randn_like(x) * self.stddev
         return x
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"stddev": self.stddev}
 
 
@@ -371,7 +507,7 @@ class ResidualBlock(nn.Module, Configurable):
         torch.Size([2, 8])
     """
 
-    def __init__(self, units: int, layers: int = 2, activation="relu"):
+    def __init__(self, units: int, layers: int = 2, activation: Any = "relu"):
         super().__init__()
         self.units, self.layers, self.activation_spec = units, layers, activation
         body: list[nn.Module] = []
@@ -382,5 +518,5 @@ class ResidualBlock(nn.Module, Configurable):
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"units": self.units, "layers": self.layers, "activation": to_spec(self.activation_spec)}

@@ -9,7 +9,7 @@ threshold 2.0.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -17,12 +17,17 @@ from torch import Tensor, nn
 from .errors import LatentflowsError
 from .registry import Configurable, register
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .flows import Flow
+
 REDUCTIONS = ("mean", "sum", "none")
 
 
 class Loss(nn.Module, Configurable):
     """A loss with one value per sample, optional sample weights and a reduction; subclasses implement
     ``per_sample(target, prediction)``.
+
+    The base class of the reconstruction losses; its ``reduction`` is saved with the model.
 
     Args:
         reduction: ``"mean"`` (sum of weighted values over the batch size), ``"sum"`` or ``"none"``.
@@ -49,12 +54,27 @@ class Loss(nn.Module, Configurable):
         values = self.per_sample(target, prediction)
         return reduce(values, sample_weight, self.reduction)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"reduction": self.reduction}
 
 
 def reduce(values: Tensor, sample_weight: Tensor | None, reduction: str) -> Tensor:
-    """'mean' is sum(w * v) / n (Keras' sum over batch size), 'sum' is sum(w * v)."""
+    """Weight per-sample values and reduce them: the one reduction every loss uses.
+
+    'mean' is sum(w * v) / n (Keras' sum over batch size), 'sum' is sum(w * v) and 'none'
+    returns the weighted values.
+
+    Args:
+        values: one value per sample, ``(batch,)``.
+        sample_weight: one weight per sample, or None for weights of 1.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Example:
+        >>> import torch
+        >>> values, weight = torch.tensor([1.0, 3.0]), torch.tensor([1.0, 0.0])
+        >>> reduce(values, weight, "mean").item(), reduce(values, None, "sum").item()
+        (0.5, 4.0)
+    """
     if sample_weight is not None:
         values = values * sample_weight.reshape(values.shape)
     if reduction == "none":
@@ -66,6 +86,10 @@ def to_bits_per_dim(nats: Any, features: int) -> Any:
     """A negative log-likelihood in nats (per sample) -> bits per dimension.
 
     The one place this conversion is written: losses, metrics, logs and reports use it.
+
+    Args:
+        nats: negative log-likelihood in nats (a number or a tensor).
+        features: the number of dimensions of each sample.
 
     Example:
         >>> round(to_bits_per_dim(256 * math.log(2), 256), 6)
@@ -79,7 +103,21 @@ def _per_sample_mean(elementwise: Tensor) -> Tensor:
 
 
 def huber(error: Tensor, threshold: float) -> Tensor:
-    """Quadratic below ``threshold``, linear above, continuous with continuous slope."""
+    """Element-wise Huber function: quadratic below ``threshold``, linear above, continuous
+    with continuous slope, so large errors weigh less than in a squared error.
+
+    Args:
+        error: the differences, any shape.
+        threshold: where the function turns from quadratic to linear.
+
+    References:
+        Huber, "Robust Estimation of a Location Parameter", Annals of Mathematical Statistics, 1964.
+
+    Example:
+        >>> import torch
+        >>> huber(torch.tensor([0.5, -3.0]), 1.0).tolist()
+        [0.125, 2.5]
+    """
     absolute = error.abs()
     return torch.where(absolute < threshold, 0.5 * error.pow(2), threshold * absolute - 0.5 * threshold**2)
 
@@ -107,10 +145,10 @@ class HuberLoss(Loss):
             raise ValueError(f"the Huber threshold must be positive, got {threshold}")
         self.threshold = threshold
 
-    def per_sample(self, target, prediction):
+    def per_sample(self, target: Tensor, prediction: Tensor) -> Tensor:
         return _per_sample_mean(huber(target - prediction, self.threshold))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "threshold": self.threshold}
 
 
@@ -127,7 +165,7 @@ class MSELoss(Loss):
         5.0
     """
 
-    def per_sample(self, target, prediction):
+    def per_sample(self, target: Tensor, prediction: Tensor) -> Tensor:
         return _per_sample_mean((target - prediction).pow(2))
 
 
@@ -157,14 +195,15 @@ class FlowNLL(Loss):
             raise ValueError(f"unit must be one of {self.UNITS}, got {unit!r}")
         self.unit = unit
 
-    def forward(self, flow, x: Tensor, context: Tensor | None = None, sample_weight: Tensor | None = None) -> Tensor:
+    def forward(self, flow: Flow, x: Tensor, context: Tensor | None = None,
+                sample_weight: Tensor | None = None) -> Tensor:
         return reduce(self.from_log_prob(flow.log_prob(x, context), x.shape[1]), sample_weight, self.reduction)
 
     def from_log_prob(self, log_prob: Tensor, features: int) -> Tensor:
         nll = -log_prob
         return to_bits_per_dim(nll, features) if self.unit == "bits_per_dim" else nll
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "unit": self.unit}
 
 
@@ -172,7 +211,18 @@ LOSSES = {"mse": MSELoss, "huber": HuberLoss}
 
 
 def parse_loss(spec: str) -> Loss:
-    """'mse' or 'huber' or 'huber:2.0' (the threshold) -> a loss object."""
+    """'mse' or 'huber' or 'huber:2.0' (the threshold) -> a loss object.
+
+    The parser of the command line's loss option; a bad spec is a ``LatentflowsError``
+    that says what to write instead.
+
+    Args:
+        spec: ``"mse"``, ``"huber"`` or ``"huber:THRESHOLD"``.
+
+    Example:
+        >>> parse_loss("huber:2.0").threshold, type(parse_loss("mse")).__name__
+        (2.0, 'MSELoss')
+    """
     name, _, argument = spec.partition(":")
     if name not in LOSSES:
         raise LatentflowsError(f"unknown loss {spec!r}; use mse, huber or huber:THRESHOLD (e.g. huber:2.0)")

@@ -7,6 +7,8 @@ the batches alone gave 0.8 and 0.0.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -18,6 +20,12 @@ from .registry import Configurable, register
 class StreamingMean(Metric, Configurable):
     """Weighted mean of per-sample values: sum and count, summed across processes.
 
+    The base of the metrics below: it keeps float64 totals, so the mean over many batches
+    equals the mean over all their samples. ``update(values, weight)`` adds a batch.
+
+    Args:
+        **kwargs: passed to ``torchmetrics.Metric``.
+
     Example:
         >>> import torch
         >>> mean = MeanMetric()
@@ -28,7 +36,7 @@ class StreamingMean(Metric, Configurable):
 
     full_state_update = False
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
@@ -45,13 +53,16 @@ class StreamingMean(Metric, Configurable):
     def compute(self) -> Tensor:
         return (self.total / self.count).float()
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {}
 
 
 @register
 class MeanMetric(StreamingMean):
-    """Mean of whatever values it is given (e.g. a running loss).
+    """Mean of whatever values it is given (e.g. a running loss), optionally weighted.
+
+    Args:
+        **kwargs: passed to ``torchmetrics.Metric``.
 
     Example:
         >>> import torch
@@ -66,8 +77,14 @@ class MeanMetric(StreamingMean):
 class HuberMetric(StreamingMean):
     """Mean Huber loss over all elements seen since the last reset.
 
+    ``update(prediction, target)`` adds a batch.
+
     Args:
         threshold: where the loss turns from quadratic to linear.
+        **kwargs: passed to ``torchmetrics.Metric``.
+
+    References:
+        Huber, "Robust Estimation of a Location Parameter", Annals of Mathematical Statistics, 1964.
 
     Example:
         >>> import torch
@@ -77,14 +94,14 @@ class HuberMetric(StreamingMean):
         2.5
     """
 
-    def __init__(self, threshold: float = 1.0, **kwargs):
+    def __init__(self, threshold: float = 1.0, **kwargs: Any):
         super().__init__(**kwargs)
         self.threshold = threshold
 
     def update(self, prediction: Tensor, target: Tensor) -> None:
         self.update_values(huber(target - prediction, self.threshold))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"threshold": self.threshold}
 
 
@@ -92,23 +109,26 @@ class HuberMetric(StreamingMean):
 class BitsPerDim(StreamingMean):
     """Negative log-likelihood in bits per dimension, from per-sample log-densities in nats.
 
+    ``update(log_prob)`` adds a batch of log-densities.
+
     Args:
         features: the number of dimensions.
+        **kwargs: passed to ``torchmetrics.Metric``.
 
     Example:
         >>> import math, torch
         >>> metric = BitsPerDim(2)
-        >>> metric.update(torch.tensor([-2 * math.log(2)]))
+        >>> metric.update(torch.tensor([-2 * math.log(2)]))   # 2 bits per sample = 1 bit per dimension of 2
         >>> round(metric.compute().item(), 6)
         1.0
     """
 
-    def __init__(self, features: int, **kwargs):
+    def __init__(self, features: int, **kwargs: Any):
         super().__init__(**kwargs)
         self.features = features
 
     def update(self, log_prob: Tensor) -> None:
         self.update_values(to_bits_per_dim(-log_prob, self.features))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"features": self.features}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -12,6 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data import ImageDataset
+    from .pipeline import LatentFlowPipeline
 
 
 def _hwc(image: torch.Tensor) -> np.ndarray:
@@ -91,7 +96,7 @@ def sample_grid(samples: list, path: Path) -> None:
     plt.close(figure)
 
 
-def write_run_figures(pipeline, run_dir: Path, val_set, seed: int = 0, n: int = 8) -> None:
+def write_run_figures(pipeline: LatentFlowPipeline, run_dir: Path, val_set: ImageDataset, seed: int = 0, n: int = 8) -> None:
     figures = Path(run_dir) / "figures"
     figures.mkdir(exist_ok=True)
     metrics = Path(run_dir) / "metrics.jsonl"

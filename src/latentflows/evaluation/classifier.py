@@ -6,6 +6,8 @@ Trained on the run's real training images only, it is saved in the run folder
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,6 +21,9 @@ from ..training import Batches, StepSchedule, Trainer, adam
 @register
 class ImageClassifier(nn.Module, Configurable):
     """Four stride-2 conv stages (each conv-BN-ReLU twice), global average pool, linear.
+
+    The judge of conditional fidelity: trained on real images only, it tells how often
+    generated images of a class are recognised as that class.
 
     Args:
         num_classes: number of classes.
@@ -57,15 +62,33 @@ class ImageClassifier(nn.Module, Configurable):
 
     @torch.no_grad()
     def predict(self, images: Tensor, batch_size: int = 512) -> Tensor:
+        """Class indices of ``images`` (uint8 or [-1, 1] float), in eval mode and by batches."""
         self.eval()
         return torch.cat([self(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "width": self.width, "dropout": self.dropout}
 
 
 def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
-    """Blur float images (N, C, H, W) with a Gaussian of ``sigma`` pixels (separable, reflect-padded)."""
+    """Blur float images (N, C, H, W) with a Gaussian of ``sigma`` pixels (separable, reflect-padded).
+
+    The classifier's training augmentation uses it, so that the judge also recognises the
+    smooth images a decoder makes. The kernel's radius (about 3 sigma) must be smaller than
+    the images.
+
+    Args:
+        images: float images ``(N, C, H, W)``.
+        sigma: the Gaussian's standard deviation in pixels.
+
+    Example:
+        >>> import torch
+        >>> images = torch.zeros(1, 1, 9, 9)
+        >>> images[0, 0, 4, 4] = 1.0
+        >>> blurred = gaussian_blur(images, 1.0)
+        >>> blurred.shape, round(blurred.sum().item(), 4), round(blurred[0, 0, 4, 4].item(), 3)
+        (torch.Size([1, 1, 9, 9]), 1.0, 0.159)
+    """
     radius = max(1, int(3 * sigma + 0.5))
     x = torch.arange(-radius, radius + 1, dtype=images.dtype)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
@@ -88,7 +111,7 @@ def _augment(images: Tensor) -> Tensor:
     return torch.where(blur, gaussian_blur(images, sigma), images)
 
 
-def _classification_loss(model: ImageClassifier, batch) -> dict[str, Tensor]:
+def _classification_loss(model: ImageClassifier, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
     images, labels = batch
     if model.training:
         images = _augment(images)
@@ -101,7 +124,22 @@ def train_classifier(train_set: ImageDataset, val_set: ImageDataset | None = Non
                      batch_size: int = 64, lr: float = 1e-3, width: int = 32, seed: int = 0,
                      progress: bool = True) -> tuple[ImageClassifier, list[dict]]:
     """Fit a classifier on ``train_set`` for a fixed number of epochs (no early stopping on
-    ``val_set``, so its validation accuracy stays an unbiased estimate)."""
+    ``val_set``, so its validation accuracy stays an unbiased estimate).
+
+    Adam with a cosine learning-rate schedule, mirrored and blurred training images, then
+    ``recalibrate_batch_norm`` on the training images. Returns the model in eval mode and
+    the history, one dict per epoch. (No example: it trains a network.)
+
+    Args:
+        train_set: the real training images and labels.
+        val_set: images to report validation figures on, or None.
+        epochs: number of passes over ``train_set``.
+        batch_size: training batch size (the last incomplete batch is dropped).
+        lr: Adam's initial learning rate.
+        width: channels of the classifier's first stage.
+        seed: seeds the initialization and the shuffling.
+        progress: show progress bars.
+    """
     torch.manual_seed(seed)
     model = ImageClassifier(train_set.num_classes, width)
     optimizer = adam(model.parameters(), lr)
@@ -122,7 +160,23 @@ def train_classifier(train_set: ImageDataset, val_set: ImageDataset | None = Non
 def recalibrate_batch_norm(model: nn.Module, images: Tensor, batch_size: int = 256) -> None:
     """Replace batch norm's running statistics with exact averages over ``images`` under the
     final weights. The running averages lag behind the weights, which in short trainings
-    leaves eval-mode predictions far worse than training-mode ones."""
+    leaves eval-mode predictions far worse than training-mode ones.
+
+    The statistics are averaged over the batches of ``images`` (each batch's mean and
+    variance weighted equally); the model is left in eval mode with its momenta restored.
+
+    Args:
+        model: a module with batch norm layers (without any, nothing happens).
+        images: the inputs to compute the statistics on.
+        batch_size: how many inputs go through the model at once.
+
+    Example:
+        >>> import torch
+        >>> model = nn.Sequential(nn.BatchNorm1d(1))
+        >>> recalibrate_batch_norm(model, torch.tensor([[1.0], [3.0], [5.0], [7.0]]), batch_size=2)
+        >>> model[0].running_mean.item(), model[0].momentum, model.training
+        (4.0, 0.1, False)
+    """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return

@@ -36,6 +36,17 @@ def tf1_bilinear_resize(images: Tensor, size: int) -> Tensor:
 
     FID's reference numbers were computed with this resize; torch's own bilinear modes
     sample at different positions and would shift every score.
+
+    Args:
+        images: float images ``(..., H, W)``.
+        size: the output height and width.
+
+    Example:
+        >>> import torch
+        >>> tf1_bilinear_resize(torch.zeros(2, 3, 64, 64), 299).shape
+        torch.Size([2, 3, 299, 299])
+        >>> tf1_bilinear_resize(torch.tensor([[[[0.0, 2.0]]]]), 4)[0, 0, 0].tolist()   # torch: [0, 0.5, 1.5, 2]
+        [0.0, 1.0, 2.0, 2.0]
     """
 
     def axis(n_in: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -54,11 +65,14 @@ def tf1_bilinear_resize(images: Tensor, size: int) -> Tensor:
 
 
 class ConvBN(nn.Module):
-    """Convolution without bias, batch norm (eps 1e-3, as in TF), ReLU.
+    """Convolution without bias, batch norm (eps 1e-3, as in TF), ReLU: the unit every block is built of.
 
     Args:
-        channels_in, channels_out: channels.
-        kernel, stride, padding: of the convolution.
+        channels_in: input channels.
+        channels_out: output channels.
+        kernel: the convolution's kernel size.
+        stride: the convolution's stride.
+        padding: the convolution's zero padding.
 
     Example:
         >>> import torch
@@ -66,7 +80,8 @@ class ConvBN(nn.Module):
         torch.Size([1, 4, 8, 8])
     """
 
-    def __init__(self, channels_in: int, channels_out: int, kernel, stride=1, padding=0):
+    def __init__(self, channels_in: int, channels_out: int, kernel: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0):
         super().__init__()
         self.conv = nn.Conv2d(channels_in, channels_out, kernel, stride, padding, bias=False)
         self.bn = nn.BatchNorm2d(channels_out, eps=1e-3)
@@ -75,11 +90,11 @@ class ConvBN(nn.Module):
         return F.relu(self.bn(self.conv(x)))
 
 
-def _row(cin, cout):  # 1x7 then 7x1 factorised convolutions
+def _row(cin: int, cout: int) -> ConvBN:  # 1x7 then 7x1 factorised convolutions
     return ConvBN(cin, cout, (1, 7), padding=(0, 3))
 
 
-def _column(cin, cout):
+def _column(cin: int, cout: int) -> ConvBN:
     return ConvBN(cin, cout, (7, 1), padding=(3, 0))
 
 
@@ -88,11 +103,15 @@ def _avg_pool(x: Tensor) -> Tensor:
 
 
 class Mixed35(nn.Module):
-    """35x35 block: 1x1, 5x5, double 3x3 and pooled branches.
+    """35x35 block of Inception-v3: 1x1, 5x5, double 3x3 and pooled branches, concatenated.
 
     Args:
         channels: input channels.
         pool_features: channels of the pooled branch.
+
+    References:
+        Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016,
+        arXiv:1512.00567.
 
     Example:
         >>> import torch
@@ -108,7 +127,7 @@ class Mixed35(nn.Module):
         self.branch3x3dbl_2, self.branch3x3dbl_3 = ConvBN(64, 96, 3, padding=1), ConvBN(96, 96, 3, padding=1)
         self.branch_pool = ConvBN(channels, pool_features, 1)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return torch.cat([
             self.branch1x1(x),
             self.branch5x5_2(self.branch5x5_1(x)),
@@ -118,10 +137,14 @@ class Mixed35(nn.Module):
 
 
 class Reduce35(nn.Module):
-    """35 -> 17 reduction.
+    """35 -> 17 grid reduction of Inception-v3: strided 3x3, strided double 3x3 and max-pool branches.
 
     Args:
         channels: input channels.
+
+    References:
+        Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016,
+        arXiv:1512.00567.
 
     Example:
         >>> import torch
@@ -135,7 +158,7 @@ class Reduce35(nn.Module):
         self.branch3x3dbl_1 = ConvBN(channels, 64, 1)
         self.branch3x3dbl_2, self.branch3x3dbl_3 = ConvBN(64, 96, 3, padding=1), ConvBN(96, 96, 3, stride=2)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return torch.cat([
             self.branch3x3(x),
             self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
@@ -144,11 +167,15 @@ class Reduce35(nn.Module):
 
 
 class Mixed17(nn.Module):
-    """17x17 block with factorised 7x7 convolutions.
+    """17x17 block of Inception-v3 with factorised 7x7 convolutions (1x7 then 7x1).
 
     Args:
         channels: input channels.
         c7: channels of the factorised 7x7 branches.
+
+    References:
+        Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016,
+        arXiv:1512.00567.
 
     Example:
         >>> import torch
@@ -164,7 +191,7 @@ class Mixed17(nn.Module):
         self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5 = _row(c7, c7), _column(c7, c7), _row(c7, 192)
         self.branch_pool = ConvBN(channels, 192, 1)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         double = x
         for layer in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
                       self.branch7x7dbl_5):
@@ -178,10 +205,14 @@ class Mixed17(nn.Module):
 
 
 class Reduce17(nn.Module):
-    """17 -> 8 reduction.
+    """17 -> 8 grid reduction of Inception-v3: strided 3x3, strided factorised 7x7 and max-pool branches.
 
     Args:
         channels: input channels.
+
+    References:
+        Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016,
+        arXiv:1512.00567.
 
     Example:
         >>> import torch
@@ -195,17 +226,21 @@ class Reduce17(nn.Module):
         self.branch7x7x3_1, self.branch7x7x3_2 = ConvBN(channels, 192, 1), _row(192, 192)
         self.branch7x7x3_3, self.branch7x7x3_4 = _column(192, 192), ConvBN(192, 192, 3, stride=2)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         seven = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
         return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), seven, F.max_pool2d(x, 3, stride=2)], 1)
 
 
 class Mixed8(nn.Module):
-    """8x8 block with split 1x3/3x1 branches; the FID graph's last one pools by max.
+    """8x8 block of Inception-v3 with split 1x3/3x1 branches; the FID graph's last one pools by max.
 
     Args:
         channels: input channels.
         max_pool: pool the pooled branch by max instead of average.
+
+    References:
+        Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016,
+        arXiv:1512.00567.
 
     Example:
         >>> import torch
@@ -225,7 +260,7 @@ class Mixed8(nn.Module):
         self.branch3x3dbl_3b = ConvBN(384, 384, (3, 1), padding=(1, 0))
         self.branch_pool = ConvBN(channels, 192, 1)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         single = self.branch3x3_1(x)
         double = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _avg_pool(x)
@@ -240,14 +275,18 @@ class Mixed8(nn.Module):
 class FIDInceptionV3(nn.Module):
     """uint8 images (N, 3, H, W) of any size -> the 2048-d features FID and KID compare.
 
+    Inception-v3 as in the TensorFlow graph FID is defined with, so that scores match the
+    published ones. It takes no arguments and starts with random weights: ``load_inception``
+    returns one with the real weights. It stays in eval mode and needs no gradients.
+
     References:
         Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016,
         arXiv:1512.00567; Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge
         to a Local Nash Equilibrium" (FID), NeurIPS 2017, arXiv:1706.08500.
 
     Example:
-        >>> sum(p.numel() for p in FIDInceptionV3().parameters())   # random weights; load_inception loads the real ones
-        23850960
+        >>> FIDInceptionV3.num_features   # building one takes a while: see tf1_bilinear_resize for its resize
+        2048
     """
 
     num_features = 2048  # read by torchmetrics
@@ -269,7 +308,7 @@ class FIDInceptionV3(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> FIDInceptionV3:
         return super().train(False)  # batch norm always uses the stored statistics
 
     def forward(self, images: Tensor) -> Tensor:
@@ -287,6 +326,14 @@ class FIDInceptionV3(nn.Module):
 
 
 def inception_cache_dir() -> Path:
+    """The folder where downloaded Inception weights are kept: ``weights`` in the latentflows cache.
+
+    The cache is ``$LATENTFLOWS_CACHE`` or ``~/.cache/latentflows``.
+
+    Example:
+        >>> inception_cache_dir().name
+        'weights'
+    """
     from ..data import default_cache_dir
 
     return default_cache_dir() / "weights"
@@ -303,13 +350,28 @@ def _read_weights(path: Path) -> dict[str, Tensor]:
         # weights_only: the restricted unpickler that admits tensors only, never code
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ModelFileError(f"{path}: not a readable Inception weights file ({type(error).__name__}: {error})") from None
+        raise ModelFileError(f"{path}: not a readable Inception weights file "
+                             f"({type(error).__name__}: {error})") from None
     if not isinstance(state, dict):
         raise ModelFileError(f"{path}: expected a state dict of tensors")
     return state
 
 
 def inception_from_file(path: str | os.PathLike) -> FIDInceptionV3:
+    """The FID network with weights from ``path``; a missing or wrong file gives a ModelFileError.
+
+    Args:
+        path: safetensors, or torch-fidelity's ``.pth`` (read as tensors only).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     try:
+        ...         inception_from_file(Path(folder) / "missing.pth")
+        ...     except ModelFileError as error:
+        ...         print(str(error).split(": ")[-1])
+        Inception weights file not found
+    """
     path = Path(path)
     state = _read_weights(path)
     network = FIDInceptionV3()
@@ -321,11 +383,24 @@ def inception_from_file(path: str | os.PathLike) -> FIDInceptionV3:
     return network
 
 
-def load_inception(weights: str | os.PathLike | None = None, download: bool = True) -> tuple[FIDInceptionV3 | None, str]:
+def load_inception(weights: str | os.PathLike | None = None,
+                   download: bool = True) -> tuple[FIDInceptionV3 | None, str]:
     """The FID network and where its weights came from, or ``(None, why not)``.
 
     A given path must load (else ModelFileError). Without one: the cached copy, else a
     download when allowed (``download`` and ``$LATENTFLOWS_NO_DOWNLOAD`` unset).
+
+    Args:
+        weights: a weights file to load, or None to use the cache or a download.
+        download: allow a download when there is no cached copy.
+
+    Example:
+        >>> import tempfile
+        >>> from unittest import mock
+        >>> with tempfile.TemporaryDirectory() as folder, mock.patch.dict(os.environ, {"LATENTFLOWS_CACHE": folder}):
+        ...     network, reason = load_inception(download=False)
+        >>> network, reason.split(";")[0]
+        (None, 'no Inception weights: downloads are off')
     """
     if weights is not None:
         return inception_from_file(weights), str(weights)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -32,13 +33,14 @@ def _log(progress: bool, message: str) -> None:
 
 
 @torch.no_grad()
-def image_features(extractor, images: torch.Tensor, batch_size: int = 50) -> torch.Tensor:
+def image_features(extractor: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int = 50) -> torch.Tensor:
     return torch.cat([extractor(images[i : i + batch_size]).double() for i in range(0, len(images), batch_size)])
 
 
 def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: ImageDataset, *,
              samples_per_class: int | None = None, seed: int = 0, temperature: float = 1.0,
-             feature_extractor=None, no_features_reason: str = "no feature extractor given",
+             feature_extractor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             no_features_reason: str = "no feature extractor given",
              classifier: ImageClassifier | None = None, classifier_epochs: int = 12,
              progress: bool = True) -> tuple[dict, dict]:
     """All figures, and the artefacts behind them (samples, neighbours, the classifier).
@@ -145,7 +147,7 @@ def _ratio(value: float, reference: float) -> float | None:
     return value / reference if reference > 0 else None  # e.g. a decoder that ignores its input
 
 
-def _distances(extractor, val_set: ImageDataset, samples: dict, seed: int) -> dict:
+def _distances(extractor: Callable[[torch.Tensor], torch.Tensor], val_set: ImageDataset, samples: dict, seed: int) -> dict:
     """FID/KID-style distances between validation images and samples, per class and overall."""
     real = image_features(extractor, val_set.images)
     fake = {name: image_features(extractor, images) for name, images in samples.items()}
@@ -161,7 +163,8 @@ def _distances(extractor, val_set: ImageDataset, samples: dict, seed: int) -> di
     return result
 
 
-def _conditional_fidelity(classifier, val_set, reconstructions, samples, names) -> dict:
+def _conditional_fidelity(classifier: ImageClassifier, val_set: ImageDataset, reconstructions: torch.Tensor,
+                          samples: dict[str, torch.Tensor], names: Sequence[str]) -> dict:
     """Accuracy on real images; per class, how often real, reconstructed and generated
     images of that class are classified as it (the reconstructions bound what the
     autoencoder lets through)."""
@@ -225,7 +228,7 @@ def _lookup(report: dict, path: tuple) -> object:
     return value
 
 
-def _format(value, pattern: str) -> str:
+def _format(value: Any, pattern: str) -> str:
     if value is None:
         return "-"
     if pattern == "x1000":

@@ -10,9 +10,10 @@ before any forward pass.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..registry import register
 from .base import Transform, check_features
@@ -21,6 +22,9 @@ from .base import Transform, check_features
 @register
 class InvertibleBatchNorm(Transform):
     """Normalize each feature by batch statistics (training) or running averages (eval), invertibly.
+
+    Between coupling layers it keeps the activations of a deep flow well scaled; a learned
+    log-scale and shift follow the normalization, and the log-determinant is exact.
 
     Args:
         features: number of features.
@@ -75,7 +79,7 @@ class InvertibleBatchNorm(Transform):
         self._last_batch = (mean.detach(), var.detach())
         return mean, var
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features(x, self.features, "InvertibleBatchNorm")
         mean, var = self._statistics(x)
         inv_std = torch.rsqrt(var + self.eps)
@@ -83,7 +87,7 @@ class InvertibleBatchNorm(Transform):
         logabsdet = (self.log_gamma + inv_std.log()).sum().expand(x.shape[0])
         return z, logabsdet
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features(z, self.features, "InvertibleBatchNorm")
         mean, var = self._statistics(None)
         std = torch.sqrt(var + self.eps)
@@ -91,16 +95,28 @@ class InvertibleBatchNorm(Transform):
         logabsdet = (std.log() - self.log_gamma).sum().expand(z.shape[0])
         return x, logabsdet
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"features": self.features, "momentum": self.momentum, "eps": self.eps}
 
 
 @contextmanager
-def held_batch_statistics(module: nn.Module):
+def held_batch_statistics(module: nn.Module) -> Iterator[None]:
     """Inside the block, training-mode batch norms reuse their last batch statistics.
 
     This makes a training-mode flow a fixed function of each sample, which is what a
     per-sample Jacobian (and so a log-determinant check) needs.
+
+    Args:
+        module: a module whose ``InvertibleBatchNorm`` layers (searched recursively) hold.
+
+    Example:
+        >>> import torch
+        >>> norm = InvertibleBatchNorm(1).train()
+        >>> _ = norm(torch.tensor([[0.0], [2.0]]))   # batch mean 1, variance 1
+        >>> with held_batch_statistics(norm):
+        ...     z, _ = norm(torch.tensor([[1.0], [5.0]]))
+        >>> [round(v, 3) for v in z.flatten().tolist()], norm.hold_statistics
+        ([0.0, 4.0], False)
     """
     layers = [m for m in module.modules() if isinstance(m, InvertibleBatchNorm)]
     previous = [layer.hold_statistics for layer in layers]

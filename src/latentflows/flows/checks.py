@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from .batchnorm import held_batch_statistics
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import Transform
 
-def jacobian_logabsdet(transform, x: Tensor, context: Tensor | None = None,
+
+def jacobian_logabsdet(transform: Transform, x: Tensor, context: Tensor | None = None,
                        direction: str = "forward") -> tuple[Tensor, Tensor]:
     """Per-sample Jacobians (batch, d, d) and log|det| (batch,) of ``transform``.
 
@@ -34,7 +39,7 @@ def jacobian_logabsdet(transform, x: Tensor, context: Tensor | None = None,
         for i in range(x.shape[0]):
             row_context = None if context is None else context[i : i + 1]
 
-            def single(v, row_context=row_context):
+            def single(v: Tensor, row_context: Tensor | None = row_context) -> Tensor:
                 return apply(v.unsqueeze(0), row_context)[0].squeeze(0)
 
             jacobians.append(torch.autograd.functional.jacobian(single, x[i]))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch import Tensor
 
 from ..registry import register
 from .base import Transform, check_features
@@ -10,7 +13,9 @@ from .base import Transform, check_features
 
 @register
 class RandomPermutation(Transform):
-    """Volume-preserving (logabsdet 0); the permutation is a buffer, saved with the weights.
+    """A fixed random permutation of the features, so that successive couplings transform different ones.
+
+    Volume-preserving (logabsdet 0); the permutation is a buffer, saved with the weights.
 
     Args:
         features: number of features.
@@ -33,13 +38,13 @@ class RandomPermutation(Transform):
         self.register_buffer("permutation", permutation)
         self.register_buffer("inverse_permutation", torch.argsort(permutation))
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features(x, self.features, "RandomPermutation")
         return x[:, self.permutation], x.new_zeros(x.shape[0])
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features(z, self.features, "RandomPermutation")
         return z[:, self.inverse_permutation], z.new_zeros(z.shape[0])
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"features": self.features, "seed": self.seed}
