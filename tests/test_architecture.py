@@ -253,3 +253,10 @@ def test_user_registrations_cannot_take_library_or_built_in_names():
         class Coupling(nn.Module):  # noqa: F811 - a user's class of the same name
             pass
     assert lf.registry.get_registered("Coupling").__module__ == "latentflows.flows.coupling"
+
+
+def test_resuming_a_complete_run_is_refused_and_changes_nothing(format_1_run, capsys):
+    before = (format_1_run / "model.safetensors").read_bytes()
+    assert main(["train", "--resume", str(format_1_run)]) == 2
+    assert "is complete" in capsys.readouterr().err
+    assert (format_1_run / "model.safetensors").read_bytes() == before

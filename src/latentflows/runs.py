@@ -125,6 +125,9 @@ class RunFolder:
         if resume:
             if not self.settings_file.is_file():
                 raise ModelFileError(f"{self.path}: nothing to resume (no {self.SETTINGS}); start it with --out")
+            if self.weights_file.is_file() and not (self.path / self.CHECKPOINTS).is_dir():
+                raise RunExistsError(f"{self.path} is complete (it has {self.WEIGHTS} and no checkpoints); "
+                                     f"nothing to resume. Train again with --out and another folder")
             return self
         if self.path.exists() and not self.path.is_dir():
             raise RunExistsError(f"{self.path} exists and is not a folder; choose another --out")

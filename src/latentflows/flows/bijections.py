@@ -48,8 +48,25 @@ class ElementwiseBijection(nn.Module, Configurable):
         return {}
 
 
+class Affine(ElementwiseBijection):
+    """``y = x * exp(log_scale(a)) + b``; subclasses choose how the raw ``a`` becomes a log-scale."""
+
+    params_per_feature = 2
+
+    def log_scale(self, params: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        log_scale = self.log_scale(params)
+        return x * log_scale.exp() + params[:, 1], log_scale.sum(1)
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        log_scale = self.log_scale(params)
+        return (y - params[:, 1]) * torch.exp(-log_scale), -log_scale.sum(1)
+
+
 @register
-class TanhAffine(ElementwiseBijection):
+class TanhAffine(Affine):
     """``y = x * exp(tanh(a)) + b``: an affine map whose log-scale is bounded to (-1, 1).
 
     Bounding each layer's log-scale keeps a deep stack numerically tame (the seed notebook's
@@ -68,22 +85,15 @@ class TanhAffine(ElementwiseBijection):
         (6.4366, 1.0)
     """
 
-    params_per_feature = 2
-
-    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        log_scale = torch.tanh(params[:, 0])
-        return x * log_scale.exp() + params[:, 1], log_scale.sum(1)
-
-    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        log_scale = torch.tanh(params[:, 0])
-        return (y - params[:, 1]) * torch.exp(-log_scale), -log_scale.sum(1)
+    def log_scale(self, params: Tensor) -> Tensor:
+        return torch.tanh(params[:, 0])
 
 
 SOFTPLUS_ONE = math.log(math.e - 1)  # softplus(SOFTPLUS_ONE) == 1
 
 
 @register
-class SoftplusAffine(ElementwiseBijection):
+class SoftplusAffine(Affine):
     """``y = x * s + b`` with ``s = softplus(a + c) + 1e-3``, where ``c`` makes ``a = 0`` a scale of 1.
 
     Unbounded above, unlike ``TanhAffine``; the softplus has its own exact backward
@@ -101,18 +111,8 @@ class SoftplusAffine(ElementwiseBijection):
         (2.002, 0.001)
     """
 
-    params_per_feature = 2
-
-    def _log_scale(self, params: Tensor) -> Tensor:
+    def log_scale(self, params: Tensor) -> Tensor:
         return torch.log(stable_softplus(params[:, 0] + SOFTPLUS_ONE) + 1e-3)
-
-    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        log_scale = self._log_scale(params)
-        return x * log_scale.exp() + params[:, 1], log_scale.sum(1)
-
-    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        log_scale = self._log_scale(params)
-        return (y - params[:, 1]) * torch.exp(-log_scale), -log_scale.sum(1)
 
 
 @register
