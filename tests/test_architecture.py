@@ -260,3 +260,34 @@ def test_resuming_a_complete_run_is_refused_and_changes_nothing(format_1_run, ca
     assert main(["train", "--resume", str(format_1_run)]) == 2
     assert "is complete" in capsys.readouterr().err
     assert (format_1_run / "model.safetensors").read_bytes() == before
+
+
+def test_resume_refuses_new_settings_instead_of_ignoring_them(format_1_run, capsys):
+    assert main(["train", "--resume", str(format_1_run), "--flow-epochs", "9"]) == 2
+    assert "--flow-epochs" in capsys.readouterr().err
+
+
+def test_overwrite_also_removes_the_old_evaluation_and_its_judge(tmp_path, pets_parquet):
+    run = tmp_path / "run"
+    (run / "classifier").mkdir(parents=True)
+    for name in ("eval.json", "eval-nearest.png", "classifier/model.safetensors", "notes.txt"):
+        (run / name).write_text("old")
+    RunFolder(run).prepare(overwrite=True)
+    assert sorted(path.name for path in run.iterdir()) == ["notes.txt"]
+
+
+def test_flow_context_must_be_one_row_or_one_per_sample():
+    flow = lf.ConditionalRealNVP(4, context_size=2, couplings=2, hidden=[8])
+    with pytest.raises(ValueError, match="one row per sample"):
+        flow.log_prob(torch.randn(5, 4), torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="matrix"):
+        flow.log_prob(torch.randn(4), torch.zeros(1, 2))
+    assert flow.log_prob(torch.randn(5, 4), torch.tensor([1.0, 0.0])).shape == (5,)
+
+
+def test_spec_valued_options_keep_their_specs():
+    spec = {"class": "Additive", "config": {}}
+    config = lf.PRESETS["quick"].with_options(bijection=spec,
+                                            ae_loss={"class": "HuberLoss", "config": {"threshold": 2.0}})
+    assert config.get("stages.flow.config.model.config.bijection") == spec
+    assert config.get("stages.autoencoder.config.terms.reconstruction.config.loss")["config"]["threshold"] == 2.0

@@ -32,6 +32,9 @@ def test_cli_end_to_end_on_real_data(tmp_path, pets_parquet, capsys):
     before = grid.read_bytes()
     assert main(["sample", str(run), "--class", "cat", "-n", "2", "--out", str(grid)]) == 2
     assert "--overwrite" in capsys.readouterr().err and grid.read_bytes() == before
+    assert main(["sample", str(run), "--class", "cat", "-n", "2", "--out", str(tmp_path / "c.png"),
+                 "--npy", str(tmp_path / "cats.np")]) == 2
+    assert "must end in .npy" in capsys.readouterr().err and not (tmp_path / "c.png").exists()
     assert main(["train", "--limit", "200", "--out", str(run), *TINY]) == 2
     assert "already exists" in capsys.readouterr().err
 

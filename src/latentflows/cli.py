@@ -139,8 +139,16 @@ def run_train(args: argparse.Namespace) -> None:
 
     _import_modules(args.imports)
     if args.resume is not None:
+        given = [f"--{name}" for name in OPTIONS if getattr(args, name.replace("-", "_")) is not None]
+        given += ["--set"] * bool(args.set) + ["--preset"] * (args.preset != "quick") + ["--compile"] * bool(args.compile)
+        if given:
+            raise LatentflowsError(f"--resume continues a run with the settings in its run.json; drop "
+                                   f"{', '.join(given)} (or start a new run with --out)")
         run = RunFolder(args.resume).prepare(resume=True)
-        config, data = run.read_settings()
+        try:
+            config, data = run.read_settings()
+        except ValueError as error:
+            raise LatentflowsError(f"{run.settings_file}: {error}") from None
         print(f"resuming {args.resume} (settings and data from its run.json)", file=sys.stderr)
         _train_on(run.dataset(progress=not args.no_progress), config, args.resume, data, args, resume=True)
         return
@@ -183,6 +191,8 @@ def _import_modules(names: list[str]) -> None:
             importlib.import_module(name)
         except ImportError as error:
             raise LatentflowsError(f"--import {name}: {error}; is it on PYTHONPATH?") from None
+        except Exception as error:  # the user's module failed while it ran
+            raise LatentflowsError(f"--import {name}: the module raised {type(error).__name__}: {error}") from None
 
 
 def _train_on(dataset: ImageDataset, config: RunConfig, run_dir: Path, data: dict, args: argparse.Namespace,
@@ -211,6 +221,8 @@ def run_sample(args: argparse.Namespace) -> None:
     from .plots import image_grid
 
     _check_png_target(args.out, args.overwrite)
+    if args.npy is not None and args.npy.suffix != ".npy":
+        raise LatentflowsError(f"--npy {args.npy}: the file name must end in .npy (numpy would add it silently)")
     if args.npy is not None and args.npy.exists() and not args.overwrite:
         raise LatentflowsError(f"{args.npy} already exists; choose another name or pass --overwrite")
     pipeline = load(args.run)

@@ -137,6 +137,11 @@ class RunConfig:
             raise LatentflowsError(f"val-fraction must be between 0 and 1, got {fraction!r}")
         if clip is not None and not (isinstance(clip, (int, float)) and clip > 0 and math.isfinite(clip)):
             raise LatentflowsError(f"grad-clip must be a positive number, got {clip!r}")
+        size, compiled = self.data["image_size"], self.data.get("compile", False)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise LatentflowsError(f"image_size must be a whole number of pixels (e.g. 64), got {size!r}")
+        if not isinstance(compiled, bool):
+            raise LatentflowsError(f"compile must be true or false, got {compiled!r}")
         shapes: dict[str, Any] = {"image_size": self.image_size, "classes": classes}
         for name, stage in self.stages():
             try:
@@ -253,6 +258,11 @@ def choice(*names: str) -> Callable[[Any], str]:
     return parse
 
 
+def name_or_spec(value: Any) -> Any:
+    """A name from the command line (a string), or a ``{"class", "config"}`` spec from Python, unchanged."""
+    return value if is_spec(value) else str(value)
+
+
 def loss_spec(text: Any) -> dict:
     """``mse``, ``huber`` or ``huber:THRESHOLD`` -> a loss spec (a spec passes through)."""
     if is_spec(text):
@@ -310,7 +320,7 @@ OPTIONS: dict[str, Option] = {
     "ae-epochs": Option(f"{AE}.epochs", positive_int, "autoencoder epochs"),
     "ae-batch-size": Option(f"{AE}.batch_size", positive_int, "autoencoder batch size"),
     "ae-lr": Option(f"{AE}.lr", fraction, "autoencoder Adam learning rate"),
-    "ae-loss": Option(f"{AE}.terms.reconstruction.config.loss", str,
+    "ae-loss": Option(f"{AE}.terms.reconstruction.config.loss", name_or_spec,
                       "autoencoder reconstruction loss: mse, huber or huber:THRESHOLD", loss_spec),
     "couplings": Option(f"{FLOW_MODEL}.couplings", positive_int, "number of coupling layers"),
     "hidden": Option(f"{CONDITIONER}.hidden", sizes, "hidden sizes of each coupling network, e.g. 256,256"),
@@ -323,7 +333,7 @@ OPTIONS: dict[str, Option] = {
                        "residual blocks in the coupling networks (on/off; hidden sizes must be equal)"),
     "scale-fn": Option(f"{FLOW_MODEL}.bijection", str,
                        "affine coupling scale: tanh (bounded log-scale) or softplus", scale_fn_spec),
-    "bijection": Option(f"{FLOW_MODEL}.bijection", str,
+    "bijection": Option(f"{FLOW_MODEL}.bijection", name_or_spec,
                         "element-wise bijection of the couplings, by registered name (TanhAffine, "
                         "SoftplusAffine, Additive, or your own)", bijection_spec),
     "flow-noise": Option(f"{FLOW}.noise", non_negative_float,

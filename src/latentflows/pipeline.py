@@ -22,7 +22,7 @@ from .errors import LatentflowsError, ModelFileError
 from .flows import Flow
 from .registry import deserialize, serialize
 from .runs import RunFolder
-from .runtime import evaluation_mode
+from .runtime import evaluation_mode, resolve_device
 from .storage import load_safetensors, load_state_strictly, read_json, save_safetensors, write_json
 
 RUN_FORMAT = "latentflows-run"
@@ -170,7 +170,7 @@ class LatentFlowPipeline(nn.Module):
         pipeline = cls(autoencoder, flow, class_names, fields.get("config"), fields.get("summary"))
         tensors, _ = load_safetensors(run.weights_file, WEIGHTS_FORMAT)
         load_state_strictly(pipeline, weights_from_v1(tensors) if version < 2 else tensors, run.weights_file)
-        return pipeline.to(device).eval()
+        return pipeline.to(resolve_device(device)).eval()
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> LatentFlowPipeline:

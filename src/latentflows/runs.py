@@ -128,6 +128,9 @@ class RunFolder:
             if self.weights_file.is_file() and not (self.path / self.CHECKPOINTS).is_dir():
                 raise RunExistsError(f"{self.path} is complete (it has {self.WEIGHTS} and no checkpoints); "
                                      f"nothing to resume. Train again with --out and another folder")
+            if self.settings_version() < 2:
+                raise ModelFileError(f"{self.path} was started by latentflows 0.1; its checkpoints cannot be "
+                                       f"resumed by this version: start the run again with --out")
             return self
         if self.path.exists() and not self.path.is_dir():
             raise RunExistsError(f"{self.path} exists and is not a folder; choose another --out")
@@ -135,9 +138,11 @@ class RunFolder:
             if not overwrite:
                 raise RunExistsError(f"{self.path} already exists and is not empty; choose another --out "
                                      f"or pass --overwrite")
-            for name in (self.CONFIG, self.WEIGHTS, self.METRICS, self.SETTINGS):
+            # the evaluation and its judge describe the old weights: they go with them
+            for name in (self.CONFIG, self.WEIGHTS, self.METRICS, self.SETTINGS, self.EVAL,
+                         Path(self.EVAL).stem + "-nearest.png"):
                 (self.path / name).unlink(missing_ok=True)
-            for folder in (self.FIGURES, self.CHECKPOINTS):
+            for folder in (self.FIGURES, self.CHECKPOINTS, self.CLASSIFIER):
                 shutil.rmtree(self.path / folder, ignore_errors=True)
         self.path.mkdir(parents=True, exist_ok=True)
         return self

@@ -13,7 +13,8 @@ from typing import Any, ContextManager, Iterator, Sequence
 import torch
 from torch import Tensor
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# fp16 needs loss scaling (a GradScaler) to train safely; it is left out until the trainer has one
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -35,9 +36,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     except RuntimeError:
         raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for, but this torch build sees no CUDA GPU; use --device cpu")
+        raise ValueError(f"device {device!r} was asked for, but this torch build sees no CUDA GPU; use the cpu device")
     if resolved.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device {device!r} was asked for, but MPS is not available here; use --device cpu")
+        raise ValueError(f"device {device!r} was asked for, but MPS is not available here; use the cpu device")
     return resolved
 
 
@@ -46,7 +47,7 @@ class Runtime:
 
     Args:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a ``torch.device``.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast for the parts of a model
+        precision: ``"fp32"`` or ``"bf16"`` (autocast for the parts of a model
             that allow it; flow log-determinants stay in fp32).
 
     Example:

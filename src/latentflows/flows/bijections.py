@@ -100,8 +100,8 @@ class SoftplusAffine(Affine):
     (``autodiff.StableSoftplus``).
 
     References:
-        Durkan et al., "Neural Spline Flows", NeurIPS 2019, arXiv:1906.04032 (softplus-scaled
-        affine couplings as a baseline).
+        Dinh et al., "Density estimation using Real NVP", ICLR 2017, arXiv:1605.08803 (the
+        affine coupling; a positive scale from a smooth map instead of ``exp`` as in nflows).
 
     Example:
         >>> import torch

@@ -68,10 +68,14 @@ class Flow(nn.Module, Configurable):
             return None
         if context.dim() == 1:
             context = context.unsqueeze(0)
+        if context.dim() != 2 or context.shape[0] not in (1, batch):
+            raise ValueError(f"context must be one row or one row per sample ({batch}), got shape {tuple(context.shape)}")
         return context.expand(batch, -1) if context.shape[0] == 1 and batch != 1 else context
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Log-density (nats) of each row of ``x`` given its context row."""
+        if x.dim() != 2:
+            raise ValueError(f"x must be a (batch, features) matrix, got shape {tuple(x.shape)}")
         return self(self._row_context(context, x.shape[0])).log_prob(x)
 
     def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0,

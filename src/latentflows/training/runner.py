@@ -58,9 +58,6 @@ def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None =
     if run is not None:
         run.checkpoint("any").parent.mkdir(exist_ok=True)
         if resume:
-            if run.settings_version() < 2:
-                raise LatentflowsError(f"{run.path} was started by latentflows 0.1; its checkpoints cannot be resumed "
-                                       f"by this version: start the run again with --out")
             run.truncate_metrics(run.completed_epochs([name for name, _ in stages]))
         else:
             run.write_settings(config, data_spec)
