@@ -1,10 +1,12 @@
 """Training: the loop (``Trainer``), its callbacks, objectives of named terms, the stages
 that build them from a run config, and ``train``, which runs the stages in order."""
 
+from .adversarial import Adversarial, PatchDiscriminator, adaptive_weight, diff_augment
 from .callbacks import (
                         CHECKPOINT_FORMAT,
                         Callback,
                         Checkpoint,
+                        CosineLearningRate,
                         EarlyStopping,
                         EpochRecord,
                         JsonlLogger,
@@ -18,8 +20,10 @@ from .stages import AutoencoderStage, FlowStage, Stage, StageContext, StagePlan
 from .trainer import Batches, NonFiniteLossError, Trainer, Update, adam, supervised
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "Callback", "Checkpoint", "EarlyStopping", "EpochRecord", "JsonlLogger", "StepSchedule",
+    "CHECKPOINT_FORMAT", "Callback", "Checkpoint", "CosineLearningRate", "EarlyStopping", "EpochRecord",
+    "JsonlLogger", "StepSchedule",
     "load_checkpoint", "read_checkpoint", "NegativeLogLikelihood", "Objective", "Reconstruction", "Term", "train",
     "AutoencoderStage", "FlowStage", "Stage", "StageContext", "StagePlan", "Batches", "NonFiniteLossError",
+    "Adversarial", "PatchDiscriminator", "adaptive_weight", "diff_augment",
     "Trainer", "Update", "adam", "supervised",
 ]

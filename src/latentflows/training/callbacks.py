@@ -86,6 +86,46 @@ class StepSchedule(Callback):
         self.scheduler.step()
 
 
+class CosineLearningRate(Callback):
+    """Anneal each optimizer's learning rate from its start value to ``final`` times it, on a cosine.
+
+    The rate of epoch ``e + 1`` is set at the end of epoch ``e`` from the epoch number alone,
+    so a resumed run continues the same curve (the optimizers' saved state holds the rate).
+
+    Args:
+        optimizers: the optimizers to anneal.
+        lr: the learning rate of the first epoch.
+        epochs: the epochs of the whole run.
+        final: the last epoch's rate, as a fraction of ``lr``.
+
+    References:
+        Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", ICLR 2017,
+        arXiv:1608.03983.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+        >>> schedule = CosineLearningRate([optimizer], lr=1.0, epochs=3, final=0.0)
+        >>> schedule.on_epoch_end(None, EpochRecord("autoencoder", 1, {}))
+        >>> optimizer.param_groups[0]["lr"]
+        0.5
+    """
+
+    def __init__(self, optimizers: list[Any], lr: float, epochs: int, final: float = 0.01):
+        self.optimizers, self.lr, self.epochs, self.final = list(optimizers), lr, epochs, final
+
+    def rate(self, epoch: int) -> float:
+        """The learning rate of ``epoch`` (1-based)."""
+        progress = (epoch - 1) / max(self.epochs - 1, 1)
+        return self.lr * (self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = self.rate(record.epoch + 1)
+
+
 class JsonlLogger(Callback):
     """Appends one JSON line per epoch (losses, metrics, seconds) to a file.
 

@@ -22,7 +22,10 @@ class Term(nn.Module, Configurable):
 
     Subclasses implement ``forward(outputs) -> Tensor`` (unweighted) and extend
     ``get_config``. A term may own trainable modules (a discriminator); they are trained by
-    the update named by ``target``.
+    the update named by ``target``. A term that adds to several losses at once (an
+    adversarial term: the generator's loss and the discriminator's) returns a dict
+    ``{loss name: value}`` instead, weighted by the term itself; ``outputs["totals"]`` holds the weighted sums of the
+    terms before it (e.g. for an adaptive weight).
 
     Args:
         weight: the factor applied when the term is added to its target loss.
@@ -129,14 +132,18 @@ class Objective(nn.Module):
     def forward(self, outputs: dict[str, Any]) -> dict[str, Tensor]:
         totals: dict[str, Tensor] = {}
         shown: dict[str, Tensor] = {}
+        outputs = {**outputs, "totals": totals}
         for name, term in self.terms.items():
             value = term(outputs)
-            weighted = value if term.weight == 1.0 else term.weight * value
-            totals[term.target] = weighted if term.target not in totals else totals[term.target] + weighted
-            shown[name] = value.detach()
+            parts = value if isinstance(value, dict) else {term.target: value}
+            for target, part in parts.items():
+                # a term that returns several losses weights them itself
+                weighted = part if term.weight == 1.0 or isinstance(value, dict) else term.weight * part
+                totals[target] = weighted if target not in totals else totals[target] + weighted
+                shown[name if len(parts) == 1 else f"{name}_{target}"] = part.detach()
         for name, term in self.terms.items():
             alone = sum(t.target == term.target for t in self.terms.values()) == 1
-            if alone and term.weight == 1.0:
+            if alone and term.weight == 1.0 and name in shown:
                 shown.pop(name)
         return {**totals, **shown}
 

@@ -21,7 +21,7 @@ from ..layers import GaussianNoise
 from ..losses import to_bits_per_dim
 from ..registry import Configurable, build, register
 from ..runtime import Runtime
-from .callbacks import Callback, EarlyStopping
+from .callbacks import Callback, CosineLearningRate, EarlyStopping
 from .objective import Objective
 from .trainer import Batches, Update, adam
 
@@ -91,6 +91,8 @@ class Stage(Configurable):
         weight_decay: Adam weight decay.
         model: spec of the model the stage trains.
         terms: name -> spec of each objective term.
+        schedule: ``"constant"`` learning rate, or ``"cosine"`` annealing to 1% of ``lr``
+            over the stage's epochs.
 
     Example:
         >>> stage = AutoencoderStage(epochs=2, batch_size=16, lr=1e-3)
@@ -102,7 +104,10 @@ class Stage(Configurable):
     default_terms: dict[str, dict[str, Any]] = {}
 
     def __init__(self, epochs: int, batch_size: int, lr: float, weight_decay: float = 0.0,
-                 model: dict | None = None, terms: Mapping[str, dict] | None = None):
+                 model: dict | None = None, terms: Mapping[str, dict] | None = None, schedule: str = "constant"):
+        if schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be constant or cosine, got {schedule!r}")
+        self.schedule = schedule
         for name, value in (("epochs", epochs), ("batch_size", batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -128,6 +133,12 @@ class Stage(Configurable):
             updates.append(Update(target, adam(parameters, self.lr, self.weight_decay), target, parameters))
         return updates
 
+    def schedule_callbacks(self, updates: list[Update]) -> list[Callback]:
+        """The learning-rate schedule of the stage's updates, as callbacks."""
+        if self.schedule == "cosine":
+            return [CosineLearningRate([update.optimizer for update in updates], self.lr, self.epochs)]
+        return []
+
     def plan(self, context: StageContext) -> StagePlan:
         raise NotImplementedError
 
@@ -137,7 +148,8 @@ class Stage(Configurable):
 
     def get_config(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                "weight_decay": self.weight_decay, "model": self.model_spec, "terms": self.term_specs}
+                "weight_decay": self.weight_decay, "model": self.model_spec, "terms": self.term_specs,
+                "schedule": self.schedule}
 
 
 class AutoencoderTraining(nn.Module):
@@ -146,6 +158,8 @@ class AutoencoderTraining(nn.Module):
     Args:
         autoencoder: the autoencoder.
         objective: its objective; called with the images, reconstruction, embedding and labels.
+        flip: mirror a random half of each training batch left to right (pets have no
+            handedness: twice the poses for free).
 
     Example:
         >>> import torch
@@ -156,12 +170,15 @@ class AutoencoderTraining(nn.Module):
         ['loss']
     """
 
-    def __init__(self, autoencoder: nn.Module, objective: Objective):
+    def __init__(self, autoencoder: nn.Module, objective: Objective, flip: bool = False):
         super().__init__()
-        self.autoencoder, self.objective = autoencoder, objective
+        self.autoencoder, self.objective, self.flip = autoencoder, objective, flip
 
     def forward(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         x = to_signed_unit(images)
+        if self.flip and self.training:
+            mirrored = torch.rand(len(x), device=x.device) < 0.5
+            x = torch.where(mirrored[:, None, None, None], x.flip(-1), x)
         reconstruction, embedding = self.autoencoder(x)
         return self.objective({"images": x, "reconstruction": reconstruction, "embedding": embedding,
                                "labels": labels, "autoencoder": self.autoencoder})
@@ -172,9 +189,10 @@ class AutoencoderStage(Stage):
     """Train the autoencoder on the training images (uint8 batches scaled to [-1, 1]).
 
     Args:
-        epochs, batch_size, lr, weight_decay, model, terms: see ``Stage``; ``model`` is the
-            autoencoder's spec (its ``image_size`` comes from the run config), ``terms``
+        epochs, batch_size, lr, weight_decay, model, terms, schedule: see ``Stage``; ``model``
+            is the autoencoder's spec (its ``image_size`` comes from the run config), ``terms``
             default to ``{"reconstruction": Reconstruction(MSELoss())}``.
+        flip: mirror a random half of each training batch (see ``AutoencoderTraining``).
 
     Example:
         >>> stage = AutoencoderStage(epochs=1, batch_size=8, lr=1e-3,
@@ -185,6 +203,14 @@ class AutoencoderStage(Stage):
 
     default_model = {"class": "ConvAutoencoder", "config": {}}
     default_terms = {"reconstruction": {"class": "Reconstruction", "config": {}}}
+
+    def __init__(self, epochs: int, batch_size: int, lr: float, weight_decay: float = 0.0,
+                 model: dict | None = None, terms: Mapping[str, dict] | None = None, schedule: str = "constant",
+                 flip: bool = False):
+        super().__init__(epochs, batch_size, lr, weight_decay, model, terms, schedule)
+        if not isinstance(flip, bool):
+            raise ValueError(f"flip must be true or false, got {flip!r}")
+        self.flip = flip
 
     def build_model(self, image_size: int) -> nn.Module:
         return build(self.model_spec, nn.Module, image_size=image_size)
@@ -197,13 +223,17 @@ class AutoencoderStage(Stage):
     def plan(self, context: StageContext) -> StagePlan:
         autoencoder = self.build_model(context.image_size).to(context.runtime.device)
         objective = self.objective().to(context.runtime.device)
-        model = AutoencoderTraining(autoencoder, objective)
+        model = AutoencoderTraining(autoencoder, objective, self.flip)
         train, val = context.train_set, context.val_set
+        updates = self.updates(autoencoder, objective)
         return StagePlan(
-            model=model, updates=self.updates(autoencoder, objective), loss_fn=_call_model,
+            model=model, updates=updates, loss_fn=_call_model, callbacks=self.schedule_callbacks(updates),
             train_batches=Batches([train.images, train.labels], self.batch_size, shuffle=True,
                                   seed=context.seed, drop_last=True),
             val_batches=Batches([val.images, val.labels], 256), epochs=self.epochs, product=lambda: autoencoder)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "flip": self.flip}
 
 
 def _call_model(model: nn.Module, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
@@ -276,8 +306,8 @@ class FlowStage(Stage):
 
     def __init__(self, epochs: int, batch_size: int, lr: float, weight_decay: float = 0.0,
                  model: dict | None = None, terms: Mapping[str, dict] | None = None, noise: float = 0.0,
-                 patience: int | None = None):
-        super().__init__(epochs, batch_size, lr, weight_decay, model, terms)
+                 patience: int | None = None, schedule: str = "constant"):
+        super().__init__(epochs, batch_size, lr, weight_decay, model, terms, schedule)
         if not noise >= 0:
             raise ValueError(f"noise must be non-negative, got {noise}")
         if patience is not None and (not isinstance(patience, int) or patience < 1):
@@ -306,10 +336,13 @@ class FlowStage(Stage):
             val_x, _ = head(raw_val)
         objective = self.objective().to(context.runtime.device)
         model = FlowTraining(flow, self.noise, objective, head_logabsdet[0])
-        callbacks: list[Callback] = [EarlyStopping("loss", self.patience)] if self.patience else []
+        updates = self.updates(flow, objective)
+        callbacks = self.schedule_callbacks(updates)
+        if self.patience:
+            callbacks.append(EarlyStopping("loss", self.patience))
         train, val = context.train_set, context.val_set
         return StagePlan(
-            model=model, updates=self.updates(flow, objective), loss_fn=_call_model,
+            model=model, updates=updates, loss_fn=_call_model,
             train_batches=Batches([train_x, context.one_hot(train.labels)], self.batch_size, shuffle=True,
                                   seed=context.seed + 1, drop_last=True),
             val_batches=Batches([val_x, context.one_hot(val.labels)], 1024), epochs=self.epochs,

@@ -1,0 +1,157 @@
+"""The autoencoder's quality pieces: the spatial latent, the L1 loss, flips, the cosine
+schedule and the adversarial term (whose discriminator must never move the decoder)."""
+
+import math
+
+import pytest
+import torch
+
+import latentflows as lf
+from latentflows.autoencoder import SpatialAutoencoder
+from latentflows.training import (
+    Adversarial,
+    AutoencoderStage,
+    CosineLearningRate,
+    Objective,
+    PatchDiscriminator,
+    Trainer,
+    adaptive_weight,
+    diff_augment,
+)
+from latentflows.training.stages import AutoencoderTraining
+
+SPATIAL = {"class": "SpatialAutoencoder", "config": {"embedding_dim": 64, "width": 8, "blocks": 1}}
+
+
+def test_spatial_autoencoder_keeps_the_embedding_size_and_rejects_a_bad_one():
+    model = SpatialAutoencoder(embedding_dim=256, width=8, image_size=64)
+    assert model.latent_shape == (4, 8, 8)
+    reconstruction, embedding = model(torch.zeros(3, 3, 64, 64))
+    assert reconstruction.shape == (3, 3, 64, 64) and embedding.shape == (3, 256)
+    assert torch.equal(model.decode(embedding), reconstruction)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        SpatialAutoencoder(embedding_dim=100, width=8, image_size=64)
+    with pytest.raises(ValueError, match="power of 2"):
+        SpatialAutoencoder(embedding_dim=64, width=8, downsample=6)
+
+
+def test_l1_loss_from_the_command_line_name():
+    loss = lf.losses.parse_loss("l1")
+    assert loss(torch.zeros(1, 3), torch.tensor([[1.0, -2.0, 0.0]])).item() == pytest.approx(1.0)
+
+
+def test_flip_mirrors_about_half_of_a_training_batch_and_nothing_in_eval():
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def forward(self, outputs):
+            seen["images"] = outputs["images"]
+            return {"loss": outputs["reconstruction"].sum() * 0}
+
+    model = AutoencoderTraining(SpatialAutoencoder(64, width=8, image_size=32), Spy(), flip=True)
+    images = torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8)
+    x = lf.autoencoder.to_signed_unit(images)
+    model.train()(images, torch.zeros(200, dtype=torch.long))
+    flipped = (seen["images"] == x.flip(-1)).flatten(1).all(1)
+    unchanged = (seen["images"] == x).flatten(1).all(1)
+    assert bool((flipped | unchanged).all()) and 60 < int(flipped.sum()) < 140
+    model.eval()(images, torch.zeros(200, dtype=torch.long))
+    assert torch.equal(seen["images"], x)
+
+
+def test_cosine_schedule_goes_from_lr_to_one_percent():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = CosineLearningRate([optimizer], lr=0.1, epochs=5)
+    rates = [schedule.rate(epoch) for epoch in range(1, 6)]
+    assert rates[0] == pytest.approx(0.1) and rates[-1] == pytest.approx(0.001)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[2] == pytest.approx(0.001 + 0.099 * 0.5)
+
+
+def test_adaptive_weight_matches_a_hand_computation():
+    torch.manual_seed(0)
+    last = torch.nn.Parameter(torch.randn(3, 4))
+    x = torch.randn(5, 4)
+    output = x @ last.T
+    reconstruction_loss = output.pow(2).mean()
+    generator_loss = -(output * torch.tensor([1.0, -2.0, 0.5])).mean()
+    # by hand: d/dW mean(o^2) = 2 o^T x / numel;  d/dW -mean(o * c) = -(c^T 1) x / numel
+    numel = output.numel()
+    rec_grad = 2 * output.T @ x / numel
+    gen_grad = -(torch.tensor([1.0, -2.0, 0.5])[:, None] * x.sum(0)[None, :]) / numel
+    expected = rec_grad.norm() / (gen_grad.norm() + 1e-4)
+    assert adaptive_weight(reconstruction_loss, generator_loss, last).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_diff_augment_is_differentiable_and_the_same_for_the_same_seed():
+    images = torch.rand(4, 3, 16, 16, requires_grad=True)
+    a = diff_augment(images, torch.Generator().manual_seed(3))
+    b = diff_augment(images, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    a.sum().backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+def _adversarial_model(start=0):
+    torch.manual_seed(0)
+    autoencoder = SpatialAutoencoder(64, width=8, image_size=32)
+    objective = Objective({"reconstruction": {"class": "Reconstruction", "config": {
+        "loss": {"class": "L1Loss", "config": {}}}}, "adversarial": Adversarial(weight=0.5, start=start, width=8)})
+    stage = AutoencoderStage(epochs=1, batch_size=8, lr=1e-3)
+    return AutoencoderTraining(autoencoder, objective), stage.updates(autoencoder, objective)
+
+
+def test_adversarial_losses_reach_only_their_own_parameters():
+    model, updates = _adversarial_model()
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    batch = (images, torch.zeros(8, dtype=torch.long))
+    trainer = Trainer(model, updates, lambda m, b: m(*b), progress=False)
+    torch.manual_seed(1)
+    losses, _ = trainer._forward_backward(batch)
+    assert set(losses) >= {"loss", "discriminator", "adversarial_loss", "adversarial_discriminator"}
+    discriminator = list(model.objective.terms["adversarial"].discriminator.parameters())
+    autoencoder = list(model.autoencoder.parameters())
+    grads = {id(p): p.grad for p in discriminator + autoencoder}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    # the same step again, by hand: each loss alone
+    torch.manual_seed(1)
+    model.objective.terms["adversarial"].steps.zero_()
+    fresh = model(*batch)
+    from_discriminator_loss = torch.autograd.grad(fresh["discriminator"], autoencoder, allow_unused=True)
+    assert all(g is None or g.abs().max() == 0 for g in from_discriminator_loss)  # never moves the decoder
+    expected_d = torch.autograd.grad(fresh["discriminator"], discriminator, retain_graph=True)
+    for parameter, expected in zip(discriminator, expected_d):
+        assert torch.allclose(parameter.grad, expected, atol=1e-6)  # the generator loss did not push D
+    expected_ae = torch.autograd.grad(fresh["loss"], autoencoder)
+    for parameter, expected in zip(autoencoder, expected_ae):
+        assert torch.allclose(parameter.grad, expected, atol=1e-6)
+
+
+def test_adversarial_term_is_off_during_its_warm_up():
+    model, updates = _adversarial_model(start=5)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    losses = model.train()(images, torch.zeros(8, dtype=torch.long))
+    assert losses["adversarial_loss"] == 0 and losses["discriminator"] == 0
+    term = model.objective.terms["adversarial"]
+    term.steps.fill_(5)
+    losses = model(images, torch.zeros(8, dtype=torch.long))
+    assert losses["discriminator"] > 0 and losses["adversarial_loss"] != 0
+
+
+def test_patch_discriminator_scores_patches():
+    scores = PatchDiscriminator(width=8, layers=3)(torch.zeros(2, 3, 64, 64))
+    assert scores.shape[:2] == (2, 1) and scores.shape[-1] > 1
+
+
+@pytest.mark.parametrize("terms", ["l1", "adversarial"])
+def test_each_quality_setting_trains_end_to_end_on_a_small_slice(small_pets, tiny_config, terms):
+    values = {"stages.autoencoder.config.model": SPATIAL, "stages.autoencoder.config.flip": True,
+              "stages.autoencoder.config.schedule": "cosine", "stages.flow.config.schedule": "cosine"}
+    config = tiny_config.with_options(ae_loss="l1").with_values(values)
+    if terms == "adversarial":
+        config = config.with_values({"stages.autoencoder.config.terms.adversarial": {
+            "class": "Adversarial", "config": {"weight": 0.5, "start": 2, "width": 8}}})
+    pipeline = lf.train(small_pets, config, progress=False, figures=False)
+    samples = pipeline.generate("cat", 4, seed=0)
+    assert samples.images.shape == (4, 3, 64, 64) and math.isfinite(float(samples.log_prob[0]))
+    assert lf.RunConfig(pipeline.config).get("stages.autoencoder.config.model.class") == "SpatialAutoencoder"
