@@ -14,11 +14,13 @@ from .config import PRESETS, RunConfig
 from .data import ImageDataset, load_images
 from .errors import DataError, LatentflowsError, ModelFileError
 from .flows import (
+                    ActNorm,
                     Composite,
                     ConditionalRealNVP,
                     Coupling,
                     Flow,
                     InvertibleBatchNorm,
+                    LULinear,
                     RandomPermutation,
                     Standardize,
                     Transform,
@@ -32,6 +34,7 @@ from .training import train
 __all__ = [
     "__version__", "ConvAutoencoder", "PRESETS", "RunConfig", "ImageDataset", "load_images",
     "DataError", "LatentflowsError", "ModelFileError", "Composite", "ConditionalRealNVP", "Coupling", "Flow",
-    "InvertibleBatchNorm", "RandomPermutation", "Standardize", "Transform", "LatentFlowPipeline", "Samples", "load",
+    "InvertibleBatchNorm", "ActNorm", "LULinear", "RandomPermutation", "Standardize", "Transform",
+    "LatentFlowPipeline", "Samples", "load",
     "Configurable", "deserialize", "register", "serialize", "RunFolder", "Runtime", "train",
 ]

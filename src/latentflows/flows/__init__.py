@@ -2,7 +2,7 @@
 
 Where each kind of component goes: element-wise maps in ``bijections``, networks that
 parametrize them in ``conditioners``, layers in their own modules (``coupling``,
-``permutation``, ``batchnorm``, ``standardize``), base distributions in ``distributions``,
+``permutation``, ``batchnorm``, ``linear``, ``standardize``), base distributions in ``distributions``,
 and assembled flows in ``flow`` / ``realnvp``.
 """
 
@@ -14,13 +14,15 @@ from .conditioners import MLP, CouplingNet
 from .coupling import Coupling, coupling_mask
 from .distributions import BaseDistribution, FlowDistribution, StandardNormal
 from .flow import Flow
+from .linear import ActNorm, LULinear
 from .permutation import RandomPermutation
 from .realnvp import ConditionalRealNVP
+from .spline import RationalQuadraticSpline
 from .standardize import Standardize
 
 __all__ = [
     "Transform", "Composite", "check_features", "InvertibleBatchNorm", "held_batch_statistics",
     "ElementwiseBijection", "TanhAffine", "SoftplusAffine", "Additive", "MLP", "CouplingNet", "Coupling",
     "coupling_mask", "BaseDistribution", "StandardNormal", "FlowDistribution", "Flow", "RandomPermutation",
-    "ConditionalRealNVP", "Standardize", "jacobian_logabsdet",
+    "ConditionalRealNVP", "Standardize", "jacobian_logabsdet", "RationalQuadraticSpline", "ActNorm", "LULinear",
 ]

@@ -1,8 +1,8 @@
 """Conditional RealNVP, assembled as in the seed notebook, over a standard normal base.
 
 An optional fixed standardization comes first; then each block is a coupling, then a
-random permutation (or, without permutations, the next coupling flips its mask), then
-invertible batch norm.
+mixing layer (a random permutation, or a learned ``LULinear``; without one, the next
+coupling flips its mask), then a normalization layer (invertible batch norm or ActNorm).
 """
 
 from __future__ import annotations
@@ -17,10 +17,26 @@ from .batchnorm import InvertibleBatchNorm
 from .coupling import DEFAULT_CONDITIONER, Coupling
 from .distributions import StandardNormal
 from .flow import Flow
+from .linear import ActNorm, LULinear
 from .permutation import RandomPermutation
 from .standardize import Standardize
 
 DEFAULT_BIJECTION = {"class": "TanhAffine", "config": {}}
+MIXINGS = ("permutation", "lu", "none")
+NORMALIZATIONS = ("batchnorm", "actnorm", "none")
+
+
+def _layer_kind(name: str, value: str | None, switch: bool, switch_name: str, choices: tuple[str, ...],
+                default: str) -> str:
+    """``mixing`` / ``normalization`` given, or derived from the older on/off switch."""
+    if value is None:
+        return default if switch else "none"
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    if not switch and value != "none":
+        raise ValueError(f"{switch_name}=False contradicts {name}={value!r}; "
+                         f"drop {switch_name} or set {name}='none'")
+    return value
 
 
 @register
@@ -32,9 +48,9 @@ class ConditionalRealNVP(Flow):
         context_size: size of the context vector; 0 for an unconditional flow.
         couplings: number of coupling layers.
         mask: ``"alternate"`` or ``"half"`` (see ``coupling_mask``).
-        permute: a seeded random permutation after each coupling; without it the masks
-            alternate between the two halves.
-        batch_norm: invertible batch norm after each coupling.
+        permute: a mixing layer after each coupling (the kind is ``mixing``); without it the
+            masks alternate between the two halves.
+        batch_norm: a normalization layer after each coupling (the kind is ``normalization``).
         bijection: spec of each coupling's element-wise bijection (default ``TanhAffine``).
         conditioner: spec of each coupling's conditioner (default ``CouplingNet`` with its
             defaults); ``hidden`` is a shortcut for its hidden sizes.
@@ -42,11 +58,19 @@ class ConditionalRealNVP(Flow):
         standardize: begin with a fixed ``Standardize`` layer (its statistics are given by
             ``mean`` and ``std``, or loaded with the weights), so that densities are of the
             raw data.
+        mixing: the layer after each coupling: ``"permutation"`` (a seeded random
+            permutation, the default), ``"lu"`` (a learned ``LULinear``, started at a seeded
+            random orthogonal matrix) or ``"none"`` (same as ``permute=False``). Unset, it
+            follows ``permute``.
+        normalization: the layer after each mixing layer: ``"batchnorm"``
+            (``InvertibleBatchNorm``, the default), ``"actnorm"`` (``ActNorm``) or ``"none"``
+            (same as ``batch_norm=False``). Unset, it follows ``batch_norm``.
         mean, std: the standardization statistics (weights, not config).
 
     References:
         Dinh, Sohl-Dickstein, Bengio, "Density estimation using Real NVP", ICLR 2017,
-        arXiv:1605.08803.
+        arXiv:1605.08803; Kingma, Dhariwal, "Glow", NeurIPS 2018, arXiv:1807.03039 (ActNorm,
+        LU-parametrized mixing).
 
     Example:
         >>> import torch
@@ -55,14 +79,23 @@ class ConditionalRealNVP(Flow):
         >>> x, log_prob = flow.sample_and_log_prob(4, torch.tensor([1.0, 0.0]))
         >>> torch.allclose(flow.log_prob(x, torch.tensor([1.0, 0.0])), log_prob, atol=1e-5)
         True
+        >>> glow_like = ConditionalRealNVP(6, 2, couplings=2, hidden=[16], mixing="lu", normalization="actnorm",
+        ...                                bijection={"class": "RationalQuadraticSpline", "config": {"bins": 4}})
+        >>> [type(layer).__name__ for layer in glow_like.transform.transforms][:3]
+        ['Coupling', 'LULinear', 'ActNorm']
     """
 
     def __init__(self, features: int, context_size: int = 0, couplings: int = 12, mask: str = "alternate",
                  permute: bool = True, batch_norm: bool = True, bijection: dict | None = None,
                  conditioner: dict | None = None, hidden: Sequence[int] | None = None, seed: int = 0,
-                 standardize: bool = False, *, mean: Tensor | None = None, std: Tensor | None = None):
+                 standardize: bool = False, mixing: str | None = None, normalization: str | None = None, *,
+                 mean: Tensor | None = None, std: Tensor | None = None):
         if couplings < 1:
             raise ValueError(f"couplings must be at least 1, got {couplings}")
+        mixing = _layer_kind("mixing", mixing, permute, "permute", MIXINGS, "permutation")
+        normalization = _layer_kind("normalization", normalization, batch_norm, "batch_norm", NORMALIZATIONS,
+                                    "batchnorm")
+        permute, batch_norm = mixing != "none", normalization != "none"
         conditioner = dict(conditioner or DEFAULT_CONDITIONER)
         if hidden is not None:
             conditioner["config"] = {**conditioner.get("config", {}), "hidden": list(hidden)}
@@ -71,16 +104,20 @@ class ConditionalRealNVP(Flow):
         flip = False
         for i in range(couplings):
             layers.append(Coupling(features, mask, bijection, conditioner, context_size, flip))
-            if permute:
+            if mixing == "permutation":
                 layers.append(RandomPermutation(features, seed=seed * 1_000_003 + i))
+            elif mixing == "lu":
+                layers.append(LULinear(features, seed=seed * 1_000_003 + i))
             else:
                 flip = not flip
-            if batch_norm:
+            if normalization == "batchnorm":
                 layers.append(InvertibleBatchNorm(features))
+            elif normalization == "actnorm":
+                layers.append(ActNorm(features))
         super().__init__(Composite(layers), StandardNormal(features), context_size)
         first = layers[1] if standardize else layers[0]
         self.couplings, self.mask, self.permute, self.batch_norm = couplings, mask, permute, batch_norm
-        self.seed, self.standardize = seed, standardize
+        self.seed, self.standardize, self.mixing, self.normalization = seed, standardize, mixing, normalization
         self.bijection_spec, self.conditioner_spec = first.get_config()["bijection"], first.get_config()["conditioner"]
 
     @property
@@ -94,10 +131,17 @@ class ConditionalRealNVP(Flow):
         return Composite(list(self.transform.transforms)[1:]) if self.standardize else self.transform
 
     def get_config(self) -> dict[str, Any]:
-        return {"features": self.features, "context_size": self.context_size, "couplings": self.couplings,
-                "mask": self.mask, "permute": self.permute, "batch_norm": self.batch_norm,
-                "bijection": self.bijection_spec, "conditioner": self.conditioner_spec, "seed": self.seed,
-                "standardize": self.standardize}
+        config = {"features": self.features, "context_size": self.context_size, "couplings": self.couplings,
+                  "mask": self.mask, "permute": self.permute, "batch_norm": self.batch_norm,
+                  "bijection": self.bijection_spec, "conditioner": self.conditioner_spec, "seed": self.seed,
+                  "standardize": self.standardize}
+        # The layer kinds only when they are not what permute / batch_norm alone mean, so that the
+        # configs of flows built before these options existed (and of default flows) are unchanged.
+        if self.mixing not in ("permutation", "none"):
+            config["mixing"] = self.mixing
+        if self.normalization not in ("batchnorm", "none"):
+            config["normalization"] = self.normalization
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ConditionalRealNVP":

@@ -1,0 +1,187 @@
+"""Linear flow layers: ActNorm (per-feature scale and shift) and an LU-parametrized invertible linear map.
+
+``ActNorm`` is Glow's alternative to batch norm: an affine map per feature whose scale and
+shift are set from the first training batch and then trained like any weight, so it
+behaves the same in training and eval mode. ``LULinear`` is a learned mixing of all
+features, a generalisation of a fixed permutation, whose determinant is the product of
+its LU factors' diagonal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..registry import register
+from .base import Transform, check_features
+
+LU_INITS = ("orthogonal", "identity")
+
+
+@register
+class ActNorm(Transform):
+    """``z = (x - loc) * exp(log_scale)`` per feature, initialised from the first training batch.
+
+    The first forward pass in training mode sets ``loc`` to the batch mean and
+    ``log_scale`` to ``-log(std + eps)``, so that the output of that batch has zero mean
+    and unit variance per feature; both are then ordinary trainable parameters. The
+    ``initialized`` buffer is saved with the weights, so a loaded model never re-initialises.
+    Before initialisation (or in eval mode without it) the layer is the identity.
+
+    Args:
+        features: number of features.
+        eps: added to the standard deviation at initialisation.
+
+    References:
+        Kingma, Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions",
+        NeurIPS 2018, arXiv:1807.03039 (section 3.1).
+
+    Example:
+        >>> import torch
+        >>> from latentflows.flows import ActNorm
+        >>> norm = ActNorm(2).train()
+        >>> x = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
+        >>> z, logabsdet = norm(x)                       # the first batch initialises it
+        >>> [[round(v, 4) for v in row] for row in z.tolist()], bool(norm.initialized)
+        ([[-1.0, -1.0], [1.0, 1.0]], True)
+        >>> z, _ = norm(x + 1)                           # ... and only the first
+        >>> torch.allclose(norm.inverse(z)[0], x + 1), round(logabsdet[0].item(), 4)
+        (True, -0.6931)
+    """
+
+    def __init__(self, features: int, eps: float = 1e-6):
+        super().__init__()
+        self.features, self.eps = features, eps
+        self.loc = nn.Parameter(torch.zeros(features))
+        self.log_scale = nn.Parameter(torch.zeros(features))
+        self.register_buffer("initialized", torch.tensor(False))
+        self._known_initialized = False  # a Python copy of the buffer, so steady-state steps need no device sync
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialized = False  # read the loaded buffer on the next forward pass
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Set ``loc`` and ``log_scale`` so that ``x`` comes out with zero mean and unit variance per feature."""
+        if x.shape[0] < 2:
+            raise ValueError("ActNorm initialises from its first training batch, which needs at least 2 samples")
+        self.loc.copy_(x.mean(0))
+        self.log_scale.copy_(-torch.log(x.std(0, unbiased=False) + self.eps))
+        self.initialized.fill_(True)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_features(x, self.features, "ActNorm")
+        if self.training and not self._known_initialized:
+            if not bool(self.initialized):
+                self.initialize(x)
+            self._known_initialized = True
+        z = (x - self.loc) * self.log_scale.exp()
+        return z, self.log_scale.sum().expand(x.shape[0])
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_features(z, self.features, "ActNorm")
+        x = z * torch.exp(-self.log_scale) + self.loc
+        return x, (-self.log_scale.sum()).expand(z.shape[0])
+
+    def get_config(self) -> dict[str, Any]:
+        return {"features": self.features, "eps": self.eps}
+
+
+@register
+class LULinear(Transform):
+    """An invertible linear map ``z = W x + bias`` with ``W = P L U`` stored as its LU factors.
+
+    ``P`` is a fixed permutation, ``L`` is lower triangular with a unit diagonal and ``U``
+    upper triangular with diagonal ``sign * exp(log_diag)`` (the sign fixed, so ``W`` stays
+    invertible). The log-determinant is ``sum(log_diag)``; the inverse is two triangular
+    solves. Starting from a random orthogonal matrix (the default) the layer mixes all
+    features from the first step, like a random rotation; starting from the identity it is
+    a no-op until trained.
+
+    Args:
+        features: number of features.
+        init: ``"orthogonal"`` (the LU factors of a seeded random orthogonal matrix) or
+            ``"identity"``.
+        seed: seeds the orthogonal matrix.
+        bias: learn a bias (starts at zero).
+
+    References:
+        Kingma, Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions",
+        NeurIPS 2018, arXiv:1807.03039 (section 3.2, LU decomposition); Durkan et al.,
+        "Neural Spline Flows", NeurIPS 2019, arXiv:1906.04032 (LU linear layers between couplings).
+
+    Example:
+        >>> import torch
+        >>> from latentflows.flows import LULinear
+        >>> layer = LULinear(3, seed=0)
+        >>> x = torch.randn(4, 3)
+        >>> z, logabsdet = layer(x)
+        >>> torch.allclose(layer.inverse(z)[0], x, atol=1e-5), logabsdet.abs().max().item() < 1e-5
+        (True, True)
+        >>> torch.allclose(layer.weight() @ layer.weight().T, torch.eye(3), atol=1e-5)   # orthogonal at init
+        True
+    """
+
+    def __init__(self, features: int, init: str = "orthogonal", seed: int = 0, bias: bool = True):
+        super().__init__()
+        if init not in LU_INITS:
+            raise ValueError(f"init must be one of {LU_INITS}, got {init!r}")
+        self.features, self.init, self.seed, self.has_bias = features, init, seed, bias
+        rows, columns = torch.tril_indices(features, features, -1)
+        self.register_buffer("lower_index", rows * features + columns, persistent=False)  # flat indices
+        self.register_buffer("upper_index", columns * features + rows, persistent=False)
+        if init == "identity":
+            permutation = torch.arange(features)
+            lower = torch.zeros(len(rows))
+            upper = torch.zeros(len(rows))
+            log_diag, sign = torch.zeros(features), torch.ones(features)
+        else:
+            generator = torch.Generator().manual_seed(seed)
+            q, r = torch.linalg.qr(torch.randn(features, features, generator=generator, dtype=torch.float64))
+            q = q * torch.sign(torch.diagonal(r))  # Haar-distributed
+            p, l_factor, u_factor = torch.linalg.lu(q)
+            permutation = p.argmax(1)  # (P M)[i] = M[permutation[i]]
+            lower = l_factor.flatten()[rows * features + columns].float()
+            upper = u_factor.flatten()[columns * features + rows].float()
+            diagonal = torch.diagonal(u_factor)
+            log_diag, sign = diagonal.abs().log().float(), torch.sign(diagonal).float()
+        self.register_buffer("permutation", permutation)
+        self.register_buffer("inverse_permutation", torch.argsort(permutation))
+        self.register_buffer("sign", sign)
+        self.lower = nn.Parameter(lower)
+        self.upper = nn.Parameter(upper)
+        self.log_diag = nn.Parameter(log_diag)
+        self.register_parameter("bias", nn.Parameter(torch.zeros(features)) if bias else None)
+
+    def factors(self) -> tuple[Tensor, Tensor]:
+        """``L`` (unit lower triangular) and ``U`` (upper triangular), as (features, features) matrices."""
+        d = self.features
+        eye = torch.eye(d, dtype=self.lower.dtype, device=self.lower.device)
+        lower = eye.flatten().index_put((self.lower_index,), self.lower).view(d, d)
+        upper = (eye * (self.sign * self.log_diag.exp())).flatten().index_put((self.upper_index,), self.upper).view(d, d)
+        return lower, upper
+
+    def weight(self) -> Tensor:
+        """The matrix ``W = P L U`` (``z = W x + bias``)."""
+        lower, upper = self.factors()
+        return (lower @ upper)[self.permutation]
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_features(x, self.features, "LULinear")
+        z = F.linear(x, self.weight(), self.bias)
+        return z, self.log_diag.sum().expand(x.shape[0])
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_features(z, self.features, "LULinear")
+        lower, upper = self.factors()
+        y = (z - self.bias if self.bias is not None else z)[:, self.inverse_permutation]  # y = x (L U)^T
+        w = torch.linalg.solve_triangular(lower.T, y, upper=True, left=False, unitriangular=True)  # w = x U^T
+        x = torch.linalg.solve_triangular(upper.T, w, upper=False, left=False)
+        return x, (-self.log_diag.sum()).expand(z.shape[0])
+
+    def get_config(self) -> dict[str, Any]:
+        return {"features": self.features, "init": self.init, "seed": self.seed, "bias": self.has_bias}
