@@ -338,7 +338,11 @@ OPTIONS: dict[str, Option] = {
                        "affine coupling scale: tanh (bounded log-scale) or softplus", scale_fn_spec),
     "bijection": Option(f"{FLOW_MODEL}.bijection", name_or_spec,
                         "element-wise bijection of the couplings, by registered name (TanhAffine, "
-                        "SoftplusAffine, Additive, or your own)", bijection_spec),
+                        "SoftplusAffine, Additive, RationalQuadraticSpline, or your own)", bijection_spec),
+    "mixing": Option(f"{FLOW_MODEL}.mixing", choice("permutation", "lu", "none"),
+                     "layer between couplings: a random permutation, a learned LU-linear map (Glow), or none"),
+    "normalization": Option(f"{FLOW_MODEL}.normalization", choice("batchnorm", "actnorm", "none"),
+                            "normalization after each coupling: invertible batch norm, ActNorm (Glow), or none"),
     "flow-noise": Option(f"{FLOW}.noise", non_negative_float,
                          "std of Gaussian noise on the standardized embeddings while the flow trains"),
     "flow-epochs": Option(f"{FLOW}.epochs", positive_int, "flow epochs"),
