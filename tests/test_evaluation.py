@@ -227,7 +227,7 @@ def test_evaluate_on_real_data(tiny_pipeline, split):
     json.dumps(report)  # eval.json material
 
 
-def evaluate_a_generator_that_returns(images_of, pipeline, train_set, val_set, monkeypatch) -> dict:
+def evaluate_a_generator_that_returns(images_of, pipeline, train_set, val_set, monkeypatch, **options) -> dict:
     """Evaluate ``pipeline`` with its generator replaced by real images (``images_of(class)``)."""
     from latentflows.pipeline import Samples
 
@@ -236,7 +236,7 @@ def evaluate_a_generator_that_returns(images_of, pipeline, train_set, val_set, m
         return Samples(images, torch.zeros(len(images)), label)
 
     monkeypatch.setattr(pipeline, "generate", generate)
-    return evaluate(pipeline, train_set, val_set, classifier_epochs=1, progress=False)[0]
+    return evaluate(pipeline, train_set, val_set, classifier_epochs=1, progress=False, **options)[0]
 
 
 def test_evaluation_detects_a_model_that_copies_its_training_images(tiny_pipeline, split, monkeypatch):
@@ -252,9 +252,16 @@ def test_evaluation_detects_a_model_that_copies_its_training_images(tiny_pipelin
 
 def test_a_generator_that_returns_the_validation_images_scores_perfectly(tiny_pipeline, split, monkeypatch):
     train_set, val_set = split
+    from latentflows.evaluation.efficientnet import ImageNetYardstick
+
     report = evaluate_a_generator_that_returns(lambda c: val_set.images[val_set.labels == c], tiny_pipeline,
-                                               train_set, val_set, monkeypatch)
+                                               train_set, val_set, monkeypatch, yardsticks=[ImageNetYardstick.load(0)])
     assert abs(report["judge_fd"]["overall"]["fid"]) < 1e-4  # identical sets; round-off only
+    imagenet = report["imagenet"]["efficientnet-lite0"]
+    assert abs(imagenet["generated"]["overall"]["fid"]) < 1e-3
+    assert imagenet["species"]["generated"] == imagenet["species"]["real"]
+    assert imagenet["species"]["real"]["balanced"] > 0.6  # real photos: ImageNet knows cats from dogs
+    assert imagenet["reconstruction"]["fid"] > 1.0  # the tiny autoencoder's blur is visible to it
     for name in ("cat", "dog"):
         diversity = report["diversity"][name]
         assert diversity["generated"] == pytest.approx(diversity["real"])
@@ -298,9 +305,13 @@ def test_cli_evaluate_compare_interpolate(tmp_path, pets_parquet, capsys):
     assert main(["evaluate", str(run), "--fid-weights", str(tmp_path / "none.safetensors"), "--no-progress"]) == 2
     assert "none.safetensors" in capsys.readouterr().err and not (run / "eval.json").exists()
 
-    assert main(["evaluate", str(run), "--classifier-epochs", "1", "--no-progress"]) == 0
+    with pytest.raises(SystemExit) as usage_error:
+        main(["evaluate", str(run), "--imagenet", "3", "--no-progress"])
+    assert usage_error.value.code == 2 and "among 0, 1, 2" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--classifier-epochs", "1", "--imagenet", "0", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "FID/KID not computed" in out and "--fid-weights" in out and "generated classified as asked" in out
+    assert "ImageNet-L0 species generated" in out
     report = json.loads((run / "eval.json").read_text())
     assert report["classifier"]["trained_now"] and (run / "classifier" / "model.json").is_file()
     assert (run / "eval-nearest.png").is_file() and report["fid"]["available"] is False
@@ -309,7 +320,8 @@ def test_cli_evaluate_compare_interpolate(tmp_path, pets_parquet, capsys):
     assert main(["evaluate", str(run), "--no-progress"]) == 2
     assert "--overwrite" in capsys.readouterr().err and (run / "eval.json").read_bytes() == before
     second = tmp_path / "again.json"
-    assert main(["evaluate", str(run), "--no-fid", "--out", str(second), "--no-progress"]) == 0
+    assert main(["evaluate", str(run), "--no-fid", "--imagenet", "none", "--out", str(second), "--no-progress"]) == 0
+    assert "ImageNet figures not computed: turned off" in capsys.readouterr().out
     again = json.loads(second.read_text())
     assert not again["classifier"]["trained_now"]  # the run's judge is reused
     assert again["classifier"]["val_accuracy"] == report["classifier"]["val_accuracy"]

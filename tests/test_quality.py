@@ -143,11 +143,31 @@ def test_patch_discriminator_scores_patches():
     assert scores.shape[:2] == (2, 1) and scores.shape[-1] > 1
 
 
-@pytest.mark.parametrize("terms", ["l1", "adversarial"])
+def test_perceptual_distance_is_zero_for_the_same_image_grows_with_blur_and_trains_only_the_autoencoder(small_pets):
+    from latentflows.training import Perceptual
+
+    term = Perceptual()
+    assert list(term.parameters()) == [] and term.state_dict() == {}  # frozen, not saved
+    x = lf.autoencoder.to_signed_unit(small_pets.images[:8])
+    blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
+    very_blurred = torch.nn.functional.avg_pool2d(x, 7, 1, 3)
+    assert term({"images": x, "reconstruction": x}).item() == pytest.approx(0.0, abs=1e-6)
+    assert 0 < term({"images": x, "reconstruction": blurred}) < term({"images": x, "reconstruction": very_blurred})
+    autoencoder = SpatialAutoencoder(64, width=8, image_size=64)
+    reconstruction, _ = autoencoder(x)
+    term({"images": x, "reconstruction": reconstruction}).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in autoencoder.parameters())
+    assert all(p.grad is None for p in term.network.parameters())
+
+
+@pytest.mark.parametrize("terms", ["l1", "perceptual", "adversarial"])
 def test_each_quality_setting_trains_end_to_end_on_a_small_slice(small_pets, tiny_config, terms):
     values = {"stages.autoencoder.config.model": SPATIAL, "stages.autoencoder.config.flip": True,
               "stages.autoencoder.config.schedule": "cosine", "stages.flow.config.schedule": "cosine"}
     config = tiny_config.with_options(ae_loss="l1").with_values(values)
+    if terms == "perceptual":
+        config = config.with_values({"stages.autoencoder.config.terms.perceptual": {
+            "class": "Perceptual", "config": {"weight": 0.5}}})
     if terms == "adversarial":
         config = config.with_values({"stages.autoencoder.config.terms.adversarial": {
             "class": "Adversarial", "config": {"weight": 0.5, "start": 2, "width": 8}}})

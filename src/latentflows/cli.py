@@ -22,6 +22,19 @@ if TYPE_CHECKING:  # pragma: no cover
 EXIT_USAGE = 2
 
 
+def _variants(text: str) -> tuple[int, ...]:
+    """``0,2`` -> (0, 2); ``none`` -> ()."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        variants = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        variants = (-1,)
+    if not variants or any(v not in (0, 1, 2) for v in variants):
+        raise ValueError(f"expected EfficientNet-Lite variants among 0, 1, 2 (e.g. 0,2) or none, got {text!r}")
+    return variants
+
+
 def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """An argparse ``type`` from a config value parser: its ValueError becomes a usage error."""
 
@@ -91,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "default: the cached copy, else a download")
     fid.add_argument("--no-fid", action="store_true", help="skip FID and KID")
     evaluate.add_argument("--no-download", action="store_true", help="never download the Inception weights")
+    evaluate.add_argument("--imagenet", type=_argument(_variants), default=(0, 2), metavar="VARIANTS",
+                          help="EfficientNet-Lite variants (0, 1, 2) whose ImageNet features and classes measure "
+                               "the samples, e.g. 0,2 (the default), or none")
     evaluate.add_argument("--classifier-epochs", type=_positive_int, default=12,
                           help="epochs for the judge classifier, when the run has none yet (default 12)")
     evaluate.add_argument("--judge", type=Path, metavar="FOLDER",
@@ -243,7 +259,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     report = evaluate_run(args.run, source=args.data, out=args.out, overwrite=args.overwrite,
                           fid_weights=args.fid_weights, fid=not args.no_fid, download=not args.no_download,
                           samples_per_class=args.samples, seed=args.seed, temperature=args.temperature,
-                          classifier_epochs=args.classifier_epochs, judge=args.judge,
+                          classifier_epochs=args.classifier_epochs, judge=args.judge, imagenet=args.imagenet,
                           progress=not args.no_progress)
     print(format_report(report))
     print(f"wrote {args.out or args.run / 'eval.json'} in {report['seconds']:.0f}s")

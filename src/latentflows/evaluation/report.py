@@ -42,12 +42,15 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
              feature_extractor: Callable[[torch.Tensor], torch.Tensor] | None = None,
              no_features_reason: str = "no feature extractor given",
              classifier: ImageClassifier | None = None, classifier_epochs: int = 12,
+             yardsticks: Sequence[Any] = (), no_yardstick_reason: str = "no ImageNet network given",
              progress: bool = True) -> tuple[dict, dict]:
     """All figures, and the artefacts behind them (samples, neighbours, the classifier).
 
     ``samples_per_class`` defaults to the number of validation images of each class, so
     FID/KID compare sets of equal size. Without ``feature_extractor`` FID and KID are
-    reported as unavailable, with ``no_features_reason``.
+    reported as unavailable, with ``no_features_reason``. Each ImageNet ``yardsticks``
+    entry (``ImageNetYardstick``) adds Fréchet distance and KID in its features and, for
+    cats and dogs, the share of images ImageNet's own classes call the requested species.
     """
     if list(train_set.class_names) != list(pipeline.class_names):
         raise LatentflowsError(f"the data's classes {train_set.class_names} are not the model's "
@@ -95,6 +98,14 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
     else:
         _log(progress, "evaluate: Inception features for FID/KID")
         report["fid"] = {"available": True, **_distances(feature_extractor, val_set, samples, seed)}
+
+    if yardsticks:
+        report["imagenet"] = {"available": True}
+        for yardstick in yardsticks:
+            _log(progress, f"evaluate: ImageNet {yardstick.name} features and species")
+            report["imagenet"][yardstick.name] = _imagenet_figures(yardstick, val_set, reconstructions, samples, seed)
+    else:
+        report["imagenet"] = {"available": False, "reason": no_yardstick_reason}
 
     trained_here = classifier is None
     if classifier is None:
@@ -151,6 +162,33 @@ def _distances(extractor: Callable[[torch.Tensor], torch.Tensor], val_set: Image
     """FID/KID-style distances between validation images and samples, per class and overall."""
     real = image_features(extractor, val_set.images)
     fake = {name: image_features(extractor, images) for name, images in samples.items()}
+    return _feature_distances(real, fake, val_set, seed)
+
+
+def _imagenet_figures(yardstick: Any, val_set: ImageDataset, reconstructions: torch.Tensor, samples: dict,
+                      seed: int) -> dict:
+    """One ImageNet network's verdicts: distances of samples and of reconstructions to the
+    validation photos in its features, and (cats and dogs only) the species it sees."""
+    from .efficientnet import species_share
+
+    names = list(val_set.class_names)
+    real, real_probs = yardstick.embed(val_set.images)
+    decoded, decoded_probs = yardstick.embed(reconstructions)
+    fake = {name: yardstick.embed(images) for name, images in samples.items()}
+    result = {"generated": _feature_distances(real.double(), {n: f.double() for n, (f, _) in fake.items()},
+                                              val_set, seed),
+              "reconstruction": {**measures.feature_distances(real.double(), decoded.double(), seed=seed),
+                                 "n_real": len(real), "n_generated": len(decoded)}}
+    if set(names) <= {"cat", "dog"}:
+        requested = [name for name, images in samples.items() for _ in range(len(images))]
+        result["species"] = {
+            "real": species_share(real_probs, val_set.labels, names),
+            "reconstruction": species_share(decoded_probs, val_set.labels, names),
+            "generated": species_share(torch.cat([p for _, p in fake.values()]), requested) if requested else None}
+    return result
+
+
+def _feature_distances(real: torch.Tensor, fake: dict[str, torch.Tensor], val_set: ImageDataset, seed: int) -> dict:
     result = {"per_class": {}}
     for c, name in enumerate(val_set.class_names):
         chosen = val_set.labels == c
@@ -213,6 +251,21 @@ FIGURES = [
     ("FID (all classes)", ("fid", "overall", "fid"), "{:.1f}"),
     ("KID x1000 (all classes)", ("fid", "overall", "kid_mean"), "x1000"),
     ("judge FD (all classes)", ("judge_fd", "overall", "fid"), "{:.2f}"),
+    ("ImageNet-L0 FD generated (all)", ("imagenet", "efficientnet-lite0", "generated", "overall", "fid"), "{:.2f}"),
+    ("ImageNet-L0 FD reconstructions", ("imagenet", "efficientnet-lite0", "reconstruction", "fid"), "{:.2f}"),
+    ("ImageNet-L0 species generated", ("imagenet", "efficientnet-lite0", "species", "generated", "balanced"),
+     "{:.3f}"),
+    ("ImageNet-L0 species reconstructions", ("imagenet", "efficientnet-lite0", "species", "reconstruction", "balanced"),
+     "{:.3f}"),
+    ("ImageNet-L0 species real val", ("imagenet", "efficientnet-lite0", "species", "real", "balanced"), "{:.3f}"),
+    ("ImageNet-L0 pet mass generated", ("imagenet", "efficientnet-lite0", "species", "generated", "pet_mass"),
+     "{:.3f}"),
+    ("ImageNet-L2 FD generated (all)", ("imagenet", "efficientnet-lite2", "generated", "overall", "fid"), "{:.2f}"),
+    ("ImageNet-L2 FD reconstructions", ("imagenet", "efficientnet-lite2", "reconstruction", "fid"), "{:.2f}"),
+    ("ImageNet-L2 species generated", ("imagenet", "efficientnet-lite2", "species", "generated", "balanced"),
+     "{:.3f}"),
+    ("ImageNet-L2 species reconstructions", ("imagenet", "efficientnet-lite2", "species", "reconstruction", "balanced"),
+     "{:.3f}"),
     ("classifier val accuracy", ("classifier", "val_accuracy"), "{:.3f}"),
     ("classifier on reconstructions", ("classifier", "reconstruction_accuracy"), "{:.3f}"),
     ("generated classified as asked", ("classifier", "generated_accuracy"), "{:.3f}"),
@@ -242,6 +295,12 @@ def _class_rows(report: dict) -> list[tuple[str, str]]:
         rows.append((f"{name}: flow val NLL (nats/dim)", _format(_lookup(entry, ("val", "nats_per_dim")), "{:.4f}")))
         rows.append((f"{name}: FID", _format(_lookup(report, ("fid", "per_class", name, "fid")), "{:.1f}")))
         rows.append((f"{name}: judge FD", _format(_lookup(report, ("judge_fd", "per_class", name, "fid")), "{:.2f}")))
+        for network in ("efficientnet-lite0", "efficientnet-lite2"):
+            short = network.replace("efficientnet-lite", "ImageNet-L")
+            rows.append((f"{name}: {short} FD", _format(_lookup(report, (
+                "imagenet", network, "generated", "per_class", name, "fid")), "{:.2f}")))
+            rows.append((f"{name}: {short} generated called {name}", _format(_lookup(report, (
+                "imagenet", network, "species", "generated", name)), "{:.3f}")))
         rows.append((f"{name}: generated classified as {name}",
                      _format(_lookup(report, ("classifier", "per_class", name, "generated_share")), "{:.3f}")))
         rows.append((f"{name}: reconstructions classified as {name}",
@@ -264,6 +323,9 @@ def format_report(report: dict) -> str:
     fid = report.get("fid", {})
     if not fid.get("available"):
         lines.append(f"FID/KID not computed: {fid.get('reason', 'unknown')}")
+    imagenet = report.get("imagenet", {})
+    if not imagenet.get("available", True):
+        lines.append(f"ImageNet figures not computed: {imagenet.get('reason', 'unknown')}")
     return "\n".join(lines)
 
 
@@ -292,13 +354,14 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
                  overwrite: bool = False, fid_weights: str | Path | None = None, fid: bool = True,
                  download: bool = True, samples_per_class: int | None = None, seed: int = 0,
                  temperature: float = 1.0, classifier_epochs: int = 12, judge: str | Path | None = None,
-                 progress: bool = True) -> dict:
+                 imagenet: Sequence[int] = (0, 2), progress: bool = True) -> dict:
     """Evaluate a run folder on its own split; write ``eval.json`` and ``eval-nearest.png``.
 
     The judge classifier is trained once and kept in ``RUN/classifier/``, so later
     evaluations of the run use the same judge. ``judge`` names another classifier folder
     (e.g. ``runs/a/classifier``) to judge this run by, so that runs on the same data and
-    split are compared by one judge.
+    split are compared by one judge. ``imagenet`` lists the EfficientNet-Lite variants to
+    measure with (none: skip; a missing ``latentflows[eval]`` install is reported, not fatal).
     """
     from ..pipeline import load
     from ..plots import nearest_neighbour_grid
@@ -319,6 +382,7 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
     extractor, fid_source = (None, "turned off (--no-fid)")
     if fid:  # before the slow steps: a bad --fid-weights path fails now
         extractor, fid_source = load_inception(fid_weights, download)
+    yardsticks, yardstick_reason = _load_yardsticks(imagenet)
     run = RunFolder(run_dir)
     config = run.config()
     dataset = run.dataset(source, progress=progress)
@@ -335,7 +399,8 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
                                  f"classes; remove it and evaluate again to train a new one")
     report, artefacts = evaluate(pipeline, train_set, val_set, samples_per_class=samples_per_class, seed=seed,
                                  temperature=temperature, feature_extractor=extractor, no_features_reason=fid_source,
-                                 classifier=classifier, classifier_epochs=classifier_epochs, progress=progress)
+                                 classifier=classifier, classifier_epochs=classifier_epochs, yardsticks=yardsticks,
+                                 no_yardstick_reason=yardstick_reason, progress=progress)
     if classifier is None:
         save_model(classifier_dir, artefacts["classifier"])
     report["run"] = str(run_dir)
@@ -349,3 +414,15 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
         report["memorisation_figure"] = str(figure)
     write_json(out, report)
     return report
+
+
+def _load_yardsticks(variants: Sequence[int]) -> tuple[list, str]:
+    """The ImageNet networks to measure with, or none and why."""
+    if not variants:
+        return [], "turned off (--imagenet none)"
+    from .efficientnet import ImageNetYardstick
+
+    try:
+        return [ImageNetYardstick.load(int(variant)) for variant in variants], ""
+    except LatentflowsError as error:
+        return [], str(error)

@@ -15,6 +15,7 @@ from .callbacks import (
                         read_checkpoint,
 )
 from .objective import NegativeLogLikelihood, Objective, Reconstruction, Term
+from .perceptual import Perceptual, normalized_distance
 from .runner import train
 from .stages import AutoencoderStage, FlowStage, Stage, StageContext, StagePlan
 from .trainer import Batches, NonFiniteLossError, Trainer, Update, adam, supervised
@@ -24,6 +25,6 @@ __all__ = [
     "JsonlLogger", "StepSchedule",
     "load_checkpoint", "read_checkpoint", "NegativeLogLikelihood", "Objective", "Reconstruction", "Term", "train",
     "AutoencoderStage", "FlowStage", "Stage", "StageContext", "StagePlan", "Batches", "NonFiniteLossError",
-    "Adversarial", "PatchDiscriminator", "adaptive_weight", "diff_augment",
+    "Adversarial", "PatchDiscriminator", "adaptive_weight", "diff_augment", "Perceptual", "normalized_distance",
     "Trainer", "Update", "adam", "supervised",
 ]
