@@ -205,6 +205,7 @@ def test_evaluate_on_real_data(tiny_pipeline, split):
     counts = val_set.class_counts()
     assert report["settings"]["generated_per_class"] == counts
     assert 0 < report["autoencoder"]["val"]["mse"] < 2 and report["autoencoder"]["val"]["psnr_db"] > 5
+    assert 0 <= report["autoencoder"]["latent_probe"]["balanced_accuracy"] <= 1
     flow = report["flow"]
     assert flow["gap_nats_per_dim"] == pytest.approx(flow["val"]["nats_per_dim"] - flow["train"]["nats_per_dim"])
     assert flow["val"]["bits_per_dim"] == pytest.approx(flow["val"]["nats_per_dim"] / math.log(2))

@@ -160,7 +160,7 @@ def test_perceptual_distance_is_zero_for_the_same_image_grows_with_blur_and_trai
     assert all(p.grad is None for p in term.network.parameters())
 
 
-@pytest.mark.parametrize("terms", ["l1", "perceptual", "adversarial"])
+@pytest.mark.parametrize("terms", ["l1", "perceptual", "adversarial", "class-head"])
 def test_each_quality_setting_trains_end_to_end_on_a_small_slice(small_pets, tiny_config, terms):
     values = {"stages.autoencoder.config.model": SPATIAL, "stages.autoencoder.config.flip": True,
               "stages.autoencoder.config.schedule": "cosine", "stages.flow.config.schedule": "cosine"}
@@ -168,6 +168,9 @@ def test_each_quality_setting_trains_end_to_end_on_a_small_slice(small_pets, tin
     if terms == "perceptual":
         config = config.with_values({"stages.autoencoder.config.terms.perceptual": {
             "class": "Perceptual", "config": {"weight": 0.5}}})
+    if terms == "class-head":
+        config = config.with_values({"stages.autoencoder.config.terms.class_head": {
+            "class": "ClassHead", "config": {"weight": 0.1}}, "stages.autoencoder.config.latent_noise": 0.1})
     if terms == "adversarial":
         config = config.with_values({"stages.autoencoder.config.terms.adversarial": {
             "class": "Adversarial", "config": {"weight": 0.5, "start": 2, "width": 8}}})
@@ -175,3 +178,40 @@ def test_each_quality_setting_trains_end_to_end_on_a_small_slice(small_pets, tin
     samples = pipeline.generate("cat", 4, seed=0)
     assert samples.images.shape == (4, 3, 64, 64) and math.isfinite(float(samples.log_prob[0]))
     assert lf.RunConfig(pipeline.config).get("stages.autoencoder.config.model.class") == "SpatialAutoencoder"
+
+
+def test_latent_noise_perturbs_only_what_the_decoder_sees_while_training():
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def forward(self, outputs):
+            seen.update(outputs)
+            return {"loss": outputs["reconstruction"].mean()}
+
+    torch.manual_seed(0)
+    autoencoder = SpatialAutoencoder(64, width=8, image_size=32)
+    model = AutoencoderTraining(autoencoder, Spy(), latent_noise=0.5)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    x = lf.autoencoder.to_signed_unit(images)
+    model.train()(images, torch.zeros(16, dtype=torch.long))
+    clean = autoencoder.decode(autoencoder.encode(x))
+    assert torch.allclose(seen["embedding"], autoencoder.encode(x)) and not torch.allclose(seen["reconstruction"], clean)
+    model.eval()(images, torch.zeros(16, dtype=torch.long))
+    assert torch.allclose(seen["reconstruction"], autoencoder.eval().decode(autoencoder.encode(x)))
+    with pytest.raises(ValueError, match="latent_noise"):
+        AutoencoderStage(epochs=1, batch_size=8, lr=1e-3, latent_noise=-1)
+
+
+def test_class_head_trains_the_encoder_and_its_head_but_not_the_decoder():
+    from latentflows.training import ClassHead
+
+    autoencoder = SpatialAutoencoder(64, width=8, image_size=32)
+    head = ClassHead(weight=1.0)
+    head.bind({"embedding_dim": 64, "classes": 3})
+    head.head.weight.data.normal_()
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    _, embedding = autoencoder(x)
+    head({"embedding": embedding, "labels": torch.tensor([0, 1, 2, 0, 1, 2])}).backward()
+    assert all(p.grad is None for p in autoencoder.decoder.parameters())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in autoencoder.encoder.parameters())
+    assert head.head.weight.grad.abs().sum() > 0

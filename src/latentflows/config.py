@@ -325,6 +325,8 @@ OPTIONS: dict[str, Option] = {
     "ae-schedule": Option(f"{AE}.schedule", choice("constant", "cosine"),
                           "autoencoder learning rate: constant, or cosine annealing to 1%% of --ae-lr"),
     "flip": Option(f"{AE}.flip", on_off, "mirror a random half of each autoencoder batch (on/off)"),
+    "latent-noise": Option(f"{AE}.latent_noise", non_negative_float,
+                           "noise on the codes the decoder sees while training, in units of each code's spread"),
     "couplings": Option(f"{FLOW_MODEL}.couplings", positive_int, "number of coupling layers"),
     "hidden": Option(f"{CONDITIONER}.hidden", sizes, "hidden sizes of each coupling network, e.g. 256,256"),
     "batch-norm": Option(f"{FLOW_MODEL}.batch_norm", on_off, "invertible batch norm after each coupling (on/off)"),

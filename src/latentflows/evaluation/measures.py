@@ -135,6 +135,57 @@ def feature_distances(real: Tensor, fake: Tensor, kid_subsets: int = 100, seed: 
     return {"fid": frechet, "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
 
 
+def linear_probe(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, classes: int,
+                 steps: int = 300, weight_decay: float = 1e-3) -> dict[str, float]:
+    """How much class information a representation keeps: a logistic regression trained on
+    ``train_x`` (standardized with its statistics, classes weighted by their frequency),
+    scored on ``val_x`` by accuracy and balanced accuracy (mean recall over classes).
+
+    Set beside the judge's accuracy on reconstructions, it shows where class is lost:
+    in the encoder (a low probe) or in the decoder (a high probe, a low judge).
+
+    Args:
+        train_x, train_y: training features ``(N, D)`` and integer labels.
+        val_x, val_y: validation features and labels.
+        classes: the number of classes.
+        steps: full-batch L-BFGS steps.
+        weight_decay: L2 penalty on the weights.
+
+    References:
+        Alain & Bengio, "Understanding intermediate layers using linear classifier probes",
+        ICLR 2017 workshop, arXiv:1610.01644.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> y = torch.arange(200) % 2
+        >>> x = torch.randn(200, 5) + 3 * y[:, None]
+        >>> linear_probe(x[:100], y[:100], x[100:], y[100:], 2)["balanced_accuracy"] > 0.95
+        True
+    """
+    train_x, val_x = train_x.double(), val_x.double()
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-8)
+    train_x, val_x = (train_x - mean) / std, (val_x - mean) / std
+    counts = torch.bincount(train_y, minlength=classes).double().clamp_min(1)
+    weights = len(train_y) / (classes * counts)
+    linear = torch.nn.Linear(train_x.shape[1], classes).double()
+    optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(linear(train_x), train_y, weight=weights)
+        loss = loss + weight_decay * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    with torch.no_grad():
+        predicted = linear(val_x).argmax(1)
+    recalls = [float((predicted[val_y == c] == c).double().mean()) for c in range(classes) if (val_y == c).any()]
+    return {"accuracy": float((predicted == val_y).double().mean()), "balanced_accuracy": sum(recalls) / len(recalls)}
+
+
 def _flat(images: Tensor) -> Tensor:
     return images.reshape(len(images), -1).float() / 255
 

@@ -71,6 +71,11 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
         "train": measures.reconstruction_quality(train_set.images, pipeline.reconstruct(train_set.images)),
     }
 
+    # where class is lost: in the encoder (a low probe) or the decoder (a low judge, below)
+    report["autoencoder"]["latent_probe"] = measures.linear_probe(
+        pipeline.embed(train_set.images).cpu(), train_set.labels, pipeline.embed(val_set.images).cpu(),
+        val_set.labels, len(names))
+
     _log(progress, "evaluate: flow likelihood")
     dim = pipeline.flow.features
     flow = {}
@@ -224,6 +229,8 @@ def _conditional_fidelity(classifier: ImageClassifier, val_set: ImageDataset, re
             hits, total = hits + int((predicted == c).sum()), total + len(predicted)
         result["per_class"][name] = entry
     result["generated_accuracy"] = hits / total if total else None
+    recalls = [entry["reconstruction_recall"] for entry in result["per_class"].values() if "reconstruction_recall" in entry]
+    result["reconstruction_balanced_accuracy"] = sum(recalls) / len(recalls) if recalls else None
     return result
 
 
@@ -244,6 +251,7 @@ FIGURES = [
     ("autoencoder val MSE [-1,1]", ("autoencoder", "val", "mse"), "{:.4f}"),
     ("autoencoder val PSNR (dB)", ("autoencoder", "val", "psnr_db"), "{:.2f}"),
     ("autoencoder val SSIM", ("autoencoder", "val", "ssim"), "{:.3f}"),
+    ("latent linear probe, balanced acc.", ("autoencoder", "latent_probe", "balanced_accuracy"), "{:.3f}"),
     ("flow train NLL (nats/dim)", ("flow", "train", "nats_per_dim"), "{:.4f}"),
     ("flow val NLL (nats/dim)", ("flow", "val", "nats_per_dim"), "{:.4f}"),
     ("flow val NLL (bits/dim)", ("flow", "val", "bits_per_dim"), "{:.4f}"),
@@ -268,6 +276,7 @@ FIGURES = [
      "{:.3f}"),
     ("classifier val accuracy", ("classifier", "val_accuracy"), "{:.3f}"),
     ("classifier on reconstructions", ("classifier", "reconstruction_accuracy"), "{:.3f}"),
+    ("  balanced (mean recall)", ("classifier", "reconstruction_balanced_accuracy"), "{:.3f}"),
     ("generated classified as asked", ("classifier", "generated_accuracy"), "{:.3f}"),
 ]
 

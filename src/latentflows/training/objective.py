@@ -51,6 +51,10 @@ class Term(nn.Module, Configurable):
             raise ValueError(f"a term's weight must be non-negative, got {weight}")
         self.weight, self.target = float(weight), target
 
+    def bind(self, shapes: dict[str, Any]) -> None:
+        """Learn the sizes of the stage's data before training (``embedding_dim``, ``classes``,
+        ``image_size``): a term with its own layers (a class head) builds them here."""
+
     def forward(self, outputs: dict[str, Any]) -> Tensor:
         raise NotImplementedError
 
@@ -82,6 +86,45 @@ class Reconstruction(Term):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "loss": serialize(self.loss)}
+
+
+@register
+class ClassHead(Term):
+    """Cross-entropy of a linear classifier on the embedding: asks the encoder to keep the
+    class where a linear map finds it, which is where a class-conditional flow looks.
+
+    The head's weights are trained with the autoencoder (target ``"loss"``) and are not part
+    of the saved model.
+
+    Args:
+        weight, target: see ``Term``.
+
+    References:
+        Odena, Olah, Shlens, "Conditional Image Synthesis with Auxiliary Classifier GANs",
+        ICML 2017, arXiv:1610.09585 (an auxiliary class loss beside the main objective).
+
+    Example:
+        >>> import torch
+        >>> head = ClassHead()
+        >>> head.bind({"embedding_dim": 4, "classes": 2})
+        >>> loss = head({"embedding": torch.zeros(3, 4), "labels": torch.tensor([0, 1, 1])})
+        >>> round(loss.item(), 4)  # a head that starts at zero: log 2
+        0.6931
+    """
+
+    def __init__(self, weight: float = 0.1, target: str = "loss"):
+        super().__init__(weight, target)
+        self.head: nn.Linear | None = None
+
+    def bind(self, shapes: dict[str, Any]) -> None:
+        self.head = nn.Linear(int(shapes["embedding_dim"]), int(shapes.get("classes", 2)))
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, outputs: dict[str, Any]) -> Tensor:
+        if self.head is None:
+            raise RuntimeError("ClassHead.bind(shapes) must run before training (the stage does it)")
+        return nn.functional.cross_entropy(self.head(outputs["embedding"]), outputs["labels"])
 
 
 @register

@@ -160,6 +160,10 @@ class AutoencoderTraining(nn.Module):
         objective: its objective; called with the images, reconstruction, embedding and labels.
         flip: mirror a random half of each training batch left to right (pets have no
             handedness: twice the poses for free).
+        latent_noise: while training, decode ``embedding + latent_noise * std * eps`` (std:
+            each embedding number's spread over the batch, eps ~ N(0, 1)), so the decoder
+            learns to turn the whole neighbourhood of a code into a picture, not only the
+            code itself: the flow's samples, never exactly on a training code, decode cleanly.
 
     Example:
         >>> import torch
@@ -170,16 +174,21 @@ class AutoencoderTraining(nn.Module):
         ['loss']
     """
 
-    def __init__(self, autoencoder: nn.Module, objective: Objective, flip: bool = False):
+    def __init__(self, autoencoder: nn.Module, objective: Objective, flip: bool = False, latent_noise: float = 0.0):
         super().__init__()
-        self.autoencoder, self.objective, self.flip = autoencoder, objective, flip
+        self.autoencoder, self.objective, self.flip, self.latent_noise = autoencoder, objective, flip, latent_noise
 
     def forward(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         x = to_signed_unit(images)
         if self.flip and self.training:
             mirrored = torch.rand(len(x), device=x.device) < 0.5
             x = torch.where(mirrored[:, None, None, None], x.flip(-1), x)
-        reconstruction, embedding = self.autoencoder(x)
+        if self.latent_noise and self.training:
+            embedding = self.autoencoder.encode(x)
+            spread = embedding.detach().std(0, keepdim=True)
+            reconstruction = self.autoencoder.decode(embedding + self.latent_noise * spread * torch.randn_like(embedding))
+        else:
+            reconstruction, embedding = self.autoencoder(x)
         return self.objective({"images": x, "reconstruction": reconstruction, "embedding": embedding,
                                "labels": labels, "autoencoder": self.autoencoder})
 
@@ -193,6 +202,7 @@ class AutoencoderStage(Stage):
             is the autoencoder's spec (its ``image_size`` comes from the run config), ``terms``
             default to ``{"reconstruction": Reconstruction(MSELoss())}``.
         flip: mirror a random half of each training batch (see ``AutoencoderTraining``).
+        latent_noise: noise on the codes the decoder sees while training (see ``AutoencoderTraining``).
 
     Example:
         >>> stage = AutoencoderStage(epochs=1, batch_size=8, lr=1e-3,
@@ -206,11 +216,13 @@ class AutoencoderStage(Stage):
 
     def __init__(self, epochs: int, batch_size: int, lr: float, weight_decay: float = 0.0,
                  model: dict | None = None, terms: Mapping[str, dict] | None = None, schedule: str = "constant",
-                 flip: bool = False):
+                 flip: bool = False, latent_noise: float = 0.0):
         super().__init__(epochs, batch_size, lr, weight_decay, model, terms, schedule)
         if not isinstance(flip, bool):
             raise ValueError(f"flip must be true or false, got {flip!r}")
-        self.flip = flip
+        if not (isinstance(latent_noise, (int, float)) and 0 <= latent_noise < 10):
+            raise ValueError(f"latent_noise must be a number in [0, 10), got {latent_noise!r}")
+        self.flip, self.latent_noise = flip, float(latent_noise)
 
     def build_model(self, image_size: int) -> nn.Module:
         return build(self.model_spec, nn.Module, image_size=image_size)
@@ -221,9 +233,13 @@ class AutoencoderStage(Stage):
         return {**shapes, "embedding_dim": autoencoder.embedding_dim}
 
     def plan(self, context: StageContext) -> StagePlan:
-        autoencoder = self.build_model(context.image_size).to(context.runtime.device)
-        objective = self.objective().to(context.runtime.device)
-        model = AutoencoderTraining(autoencoder, objective, self.flip)
+        autoencoder = self.build_model(context.image_size)
+        objective = self.objective()
+        for term in objective.terms.values():
+            term.bind({"embedding_dim": autoencoder.embedding_dim, "classes": len(context.class_names),
+                       "image_size": context.image_size})
+        autoencoder, objective = autoencoder.to(context.runtime.device), objective.to(context.runtime.device)
+        model = AutoencoderTraining(autoencoder, objective, self.flip, self.latent_noise)
         train, val = context.train_set, context.val_set
         updates = self.updates(autoencoder, objective)
         return StagePlan(
@@ -233,7 +249,7 @@ class AutoencoderStage(Stage):
             val_batches=Batches([val.images, val.labels], 256), epochs=self.epochs, product=lambda: autoencoder)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "flip": self.flip}
+        return {**super().get_config(), "flip": self.flip, "latent_noise": self.latent_noise}
 
 
 def _call_model(model: nn.Module, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
