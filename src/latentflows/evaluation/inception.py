@@ -325,20 +325,6 @@ class FIDInceptionV3(nn.Module):
         return x.mean((2, 3))
 
 
-def inception_cache_dir() -> Path:
-    """The folder where downloaded Inception weights are kept: ``weights`` in the latentflows cache.
-
-    The cache is ``$LATENTFLOWS_CACHE`` or ``~/.cache/latentflows``.
-
-    Example:
-        >>> inception_cache_dir().name
-        'weights'
-    """
-    from ..data import default_cache_dir
-
-    return default_cache_dir() / "weights"
-
-
 def _read_weights(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise ModelFileError(f"{path}: Inception weights file not found")
@@ -404,7 +390,9 @@ def load_inception(weights: str | os.PathLike | None = None,
     """
     if weights is not None:
         return inception_from_file(weights), str(weights)
-    cached = inception_cache_dir() / CACHED_WEIGHTS
+    from ..data import weights_cache_dir
+
+    cached = weights_cache_dir() / CACHED_WEIGHTS
     if cached.is_file():
         return inception_from_file(cached), str(cached)
     if not download or os.environ.get(NO_DOWNLOAD_ENV):
