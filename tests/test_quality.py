@@ -127,15 +127,22 @@ def test_adversarial_losses_reach_only_their_own_parameters():
         assert torch.allclose(parameter.grad, expected, atol=1e-6)
 
 
-def test_adversarial_term_is_off_during_its_warm_up():
-    model, updates = _adversarial_model(start=5)
-    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    losses = model.train()(images, torch.zeros(8, dtype=torch.long))
-    assert losses["adversarial_loss"] == 0 and losses["discriminator"] == 0
-    term = model.objective.terms["adversarial"]
-    term.steps.fill_(5)
-    losses = model(images, torch.zeros(8, dtype=torch.long))
+def test_adversarial_term_is_off_during_its_warm_up_and_its_discriminator_stays_put():
+    model, _ = _adversarial_model(start=3)
+    autoencoder, objective = model.autoencoder, model.objective
+    # weight decay on: an idle Adam step would shrink the discriminator (it did, in a trial)
+    updates = AutoencoderStage(epochs=1, batch_size=8, lr=1e-3, weight_decay=1e-2).updates(autoencoder, objective)
+    trainer = Trainer(model, updates, lambda m, b: m(*b), progress=False)
+    batch = (torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8), torch.zeros(8, dtype=torch.long))
+    discriminator = objective.terms["adversarial"].discriminator
+    before = [p.detach().clone() for p in discriminator.parameters()]
+    for _ in range(3):
+        losses = trainer.train_step(batch)
+        assert "discriminator" not in losses and losses["adversarial_loss"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, discriminator.parameters()))
+    losses = trainer.train_step(batch)  # step 4: on
     assert losses["discriminator"] > 0 and losses["adversarial_loss"] != 0
+    assert not all(torch.equal(a, b) for a, b in zip(before, discriminator.parameters()))
 
 
 def test_patch_discriminator_scores_patches():

@@ -170,9 +170,9 @@ class Adversarial(Term):
         if self.training:
             self.steps += 1
         if not self.training or int(self.steps) <= self.start:
-            # off: zero losses that still reach the discriminator, so each update has its graph
-            zero = sum(p.sum() for p in self.discriminator.parameters()) * 0.0
-            return {"loss": fake.sum() * 0.0, self.target: zero}
+            # off: no discriminator loss at all, so its update does not step (an Adam step on a
+            # zero loss with weight decay would shrink the idle discriminator to zero)
+            return {"loss": fake.sum() * 0.0}
         seed = int(torch.randint(0, 2**31 - 1, ()))
         augment = self._augmenter(seed)
         generator_loss = -self.discriminator(augment(fake)).mean()

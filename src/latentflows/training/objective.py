@@ -183,7 +183,7 @@ class Objective(nn.Module):
                 # a term that returns several losses weights them itself
                 weighted = part if term.weight == 1.0 or isinstance(value, dict) else term.weight * part
                 totals[target] = weighted if target not in totals else totals[target] + weighted
-                shown[name if len(parts) == 1 else f"{name}_{target}"] = part.detach()
+                shown[f"{name}_{target}" if isinstance(value, dict) else name] = part.detach()
         for name, term in self.terms.items():
             alone = sum(t.target == term.target for t in self.terms.values()) == 1
             if alone and term.weight == 1.0 and name in shown:

@@ -209,18 +209,28 @@ class Trainer:
         several = len(self.updates) > 1
         for update in self.updates:
             update.optimizer.zero_grad(set_to_none=True)
-        for i, update in enumerate(self.updates):
+        active = self._active(losses)
+        for i, update in enumerate(active):
             # inputs=: each loss reaches only its own update's parameters
             losses[update.loss].backward(inputs=update.parameters if several else None,
-                                         retain_graph=i < len(self.updates) - 1)
+                                         retain_graph=i < len(active) - 1)
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(update.parameters, self.grad_clip)
         return losses, metric_inputs
 
+    def _active(self, losses: dict[str, Tensor]) -> list[Update]:
+        """The updates whose loss this step produced (a term still warming up adds none, and
+        its update must not step: Adam with weight decay would shrink idle weights to zero)."""
+        active = [update for update in self.updates if update.loss in losses]
+        if not active or active[0] is not self.updates[0]:
+            raise KeyError(f"the loss function returned no {self.updates[0].loss!r}; it returned {sorted(losses)}")
+        return active
+
     def train_step(self, batch: tuple[Tensor, ...]) -> dict[str, Tensor] | None:
         """One step of every update; None when a loss was not finite and the step was skipped."""
         losses, metric_inputs = self._step(self.runtime.move(batch))
-        finite = torch.isfinite(torch.stack([losses[u.loss].detach().float() for u in self.updates])).all()
+        active = self._active(losses)
+        finite = torch.isfinite(torch.stack([losses[u.loss].detach().float() for u in active])).all()
         if not finite:  # one host sync per step
             for update in self.updates:
                 update.optimizer.zero_grad(set_to_none=True)
@@ -231,7 +241,7 @@ class Trainer:
                     f"(epoch {len(self.history) + 1}); stopping. Lower the learning rate or pass --grad-clip")
             return None
         self.nonfinite_in_a_row = 0
-        for update in self.updates:
+        for update in active:
             update.optimizer.step()
         apply_constraints(self.model)
         if metric_inputs is not None:
