@@ -131,8 +131,12 @@ class LatentFlowPipeline(nn.Module):
     @torch.no_grad()
     def log_prob(self, images: Tensor, labels: Tensor) -> Tensor:
         """Log-density (nats) of the images' embeddings given their labels."""
+        return self.embedding_log_prob(self.embed(images), labels)
+
+    def embedding_log_prob(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        """Log-density (nats) of embeddings already computed (``embed``) given their labels."""
         with evaluation_mode(self.flow):
-            return self.flow.log_prob(self.embed(images), self.one_hot(labels)).cpu()
+            return self.flow.log_prob(embeddings.to(self.device), self.one_hot(labels)).cpu()
 
     # ------------------------------------------------------------------ files
     def save(self, run_dir: str | Path) -> None:

@@ -125,6 +125,22 @@ def read_json(path: str | os.PathLike) -> dict:
     return data
 
 
+def load_torch_state_dict(path: Path, what: str = "weights", hint: str = "") -> dict[str, torch.Tensor]:
+    """A state dict saved with ``torch.save``, read as tensors only (never code).
+
+    Any unreadable file, or one that holds something else, is a ``ModelFileError`` that
+    names the file and ``what`` it should hold, and ends with ``hint`` (what to do about it).
+    """
+    try:
+        # weights_only: the restricted unpickler that admits tensors only, never code
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ModelFileError(f"{path}: not a readable {what} file ({type(error).__name__}: {error}){hint}") from None
+    if not isinstance(state, dict):
+        raise ModelFileError(f"{path}: expected a state dict of tensors{hint}")
+    return state
+
+
 def save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], format_name: str,
                      metadata: dict[str, str] | None = None) -> None:
     """Save tensors with ``format`` and ``format_version`` tags in the header, atomically.

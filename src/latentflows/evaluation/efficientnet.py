@@ -390,7 +390,7 @@ def load_efficientnet_lite(variant: int = 0, cache_dir: str | os.PathLike | None
         (False, False)
     """
     from ..data import weights_cache_dir
-    from ..storage import load_safetensors, load_state_strictly, save_safetensors
+    from ..storage import load_safetensors, load_state_strictly, load_torch_state_dict, save_safetensors
 
     source = wheel_weights_path(variant)
     cached = Path(cache_dir or weights_cache_dir()) / f"{source.stem}.safetensors"
@@ -404,14 +404,7 @@ def load_efficientnet_lite(variant: int = 0, cache_dir: str | os.PathLike | None
             state = None  # damaged: convert again below
     if state is None:
         origin = source
-        try:
-            # weights_only: the restricted unpickler that admits tensors only, never code
-            state = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
-            raise ModelFileError(f"{source}: unreadable EfficientNet-Lite weights ({type(error).__name__}: {error}); "
-                                 f"reinstall them with: {INSTALL_HINT}") from None
-        if not isinstance(state, dict):
-            raise ModelFileError(f"{source}: expected a state dict of tensors; reinstall with: {INSTALL_HINT}")
+        state = load_torch_state_dict(source, "EfficientNet-Lite weights", f"; reinstall them with: {INSTALL_HINT}")
         try:
             save_safetensors(cached, state, WEIGHTS_FORMAT, {"variant": str(variant), "source": source.name})
         except OSError:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ModelFileError
+from ..storage import load_torch_state_dict
 
 WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 CACHED_WEIGHTS = "inception-2015-12-05.safetensors"
@@ -328,19 +329,15 @@ class FIDInceptionV3(nn.Module):
 def _read_weights(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise ModelFileError(f"{path}: Inception weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             return load_file(path)
-        # weights_only: the restricted unpickler that admits tensors only, never code
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ModelFileError(f"{path}: not a readable Inception weights file "
-                             f"({type(error).__name__}: {error})") from None
-    if not isinstance(state, dict):
-        raise ModelFileError(f"{path}: expected a state dict of tensors")
-    return state
+        except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
+            raise ModelFileError(f"{path}: not a readable Inception weights file "
+                                 f"({type(error).__name__}: {error})") from None
+    return load_torch_state_dict(path, "Inception weights")
 
 
 def inception_from_file(path: str | os.PathLike) -> FIDInceptionV3:

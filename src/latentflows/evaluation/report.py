@@ -72,15 +72,15 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
     }
 
     # where class is lost: in the encoder (a low probe) or the decoder (a low judge, below)
+    embeddings = {"train": pipeline.embed(train_set.images), "val": pipeline.embed(val_set.images)}
     report["autoencoder"]["latent_probe"] = measures.linear_probe(
-        pipeline.embed(train_set.images).cpu(), train_set.labels, pipeline.embed(val_set.images).cpu(),
-        val_set.labels, len(names))
+        embeddings["train"].cpu(), train_set.labels, embeddings["val"].cpu(), val_set.labels, len(names))
 
     _log(progress, "evaluate: flow likelihood")
     dim = pipeline.flow.features
     flow = {}
     for split_name, split in (("train", train_set), ("val", val_set)):
-        log_prob = pipeline.log_prob(split.images, split.labels)
+        log_prob = pipeline.embedding_log_prob(embeddings[split_name], split.labels)
         flow[split_name] = measures.nll_summary(log_prob, dim)
         for c, name in enumerate(names):
             chosen = split.labels == c

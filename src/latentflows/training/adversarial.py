@@ -163,13 +163,21 @@ class Adversarial(Term):
         self.start, self.width, self.layers = int(start), width, layers
         self.augment, self.adaptive = augment, adaptive
         self.discriminator = PatchDiscriminator(width, layers)
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # saved in checkpoints
+        self._steps: int | None = None  # its value on the host: read once, not synced every step
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self._steps = None  # a resumed count: read it again
 
     def forward(self, outputs: dict[str, Any]) -> dict[str, Tensor]:
         real, fake = outputs["images"], outputs["reconstruction"]
+        if self._steps is None:
+            self._steps = int(self.steps)
         if self.training:
             self.steps += 1
-        if not self.training or int(self.steps) <= self.start:
+            self._steps += 1
+        if not self.training or self._steps <= self.start:
             # off: no discriminator loss at all, so its update does not step (an Adam step on a
             # zero loss with weight decay would shrink the idle discriminator to zero)
             return {"loss": fake.sum() * 0.0}

@@ -81,12 +81,15 @@ class Perceptual(Term):
         real, fake = outputs["images"], outputs["reconstruction"]
         if next(self.network.parameters()).device != fake.device:
             self.network.to(fake.device)
-        both = torch.cat([real, fake])
-        if self.resolution is not None and both.shape[-1] != self.resolution:
-            both = F.interpolate(both, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
-        maps = self.network.feature_maps(both, self.stages, resize=False)
-        n = len(real)
-        return sum(normalized_distance(m[:n].detach(), m[n:]) for m in maps).mean()
+        with torch.no_grad():  # the photos' features need no backward pass
+            targets = self.network.feature_maps(self._resize(real), self.stages, resize=False)
+        maps = self.network.feature_maps(self._resize(fake), self.stages, resize=False)
+        return sum(normalized_distance(t, m) for t, m in zip(targets, maps)).mean()
+
+    def _resize(self, images: Tensor) -> Tensor:
+        if self.resolution is None or images.shape[-1] == self.resolution:
+            return images
+        return F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "variant": self.variant, "stages": self.stages,
