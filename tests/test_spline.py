@@ -1,4 +1,4 @@
-"""Rational-quadratic spline couplings, ActNorm and LULinear: the same inversion and
+"""Rational-quadratic spline couplings, ActNorm, LULinear and ContextAffine: the same inversion and
 log-determinant checks as every layer, plus what is particular to each (identity at zero,
 identity tails, data-dependent initialisation that survives a reload, LU mixing in a flow)."""
 
@@ -11,6 +11,7 @@ from latentflows.config import OPTIONS, bijection_spec
 from latentflows.flows import (
     ActNorm,
     ConditionalRealNVP,
+    ContextAffine,
     Coupling,
     InvertibleBatchNorm,
     LULinear,
@@ -153,6 +154,9 @@ def layers(context_size):
     yield "lu-orthogonal", randomize(LULinear(D, seed=2), std=0.3)
     yield "lu-identity-no-bias", randomize(LULinear(D, init="identity", bias=False), std=0.3)
     yield "realnvp-lu-actnorm", randomize(lu_actnorm_flow(context_size), std=0.2).transform
+    yield "context-affine", randomize(ContextAffine(D, context_size), std=0.5)
+    yield "realnvp-class-affine", randomize(ConditionalRealNVP(D, context_size, couplings=2, hidden=[8],
+                                                               class_affine=True), std=0.2).transform
     yield "realnvp-spline-default-layers", randomize(ConditionalRealNVP(
         D, context_size, couplings=2, hidden=[8], bijection={"class": "RationalQuadraticSpline", "config": {}}),
         std=0.25).transform
@@ -287,6 +291,50 @@ def test_lu_linear_config_round_trip_and_reload():
     copy.load_state_dict(layer.state_dict())
     x = torch.randn(B, D)
     assert torch.equal(copy(x)[0], layer(x)[0])
+
+
+# ------------------------------------------------------------------ ContextAffine
+
+def test_context_affine_standardizes_each_class_on_its_first_batch_then_trains_as_weights():
+    generator = torch.Generator().manual_seed(3)
+    context = one_hot(300)
+    centres, spreads = torch.randn(C, D, generator=generator) * 4, torch.rand(C, D, generator=generator) + 0.5
+    labels = context.argmax(1)
+    x = centres[labels] + spreads[labels] * torch.randn(300, D, generator=generator)
+    layer = ContextAffine(D, C).train()
+    assert torch.equal(layer(x, context)[0], x) is False  # initialised by this first batch
+    z, logabsdet = layer(x, context)
+    for c in range(C):
+        chosen = labels == c
+        assert z[chosen].mean(0).abs().max() < 1e-4 and (z[chosen].std(0, unbiased=False) - 1).abs().max() < 1e-3
+        assert torch.allclose(logabsdet[chosen], -x[chosen].std(0, unbiased=False).log().sum().expand(int(chosen.sum())),
+                              atol=1e-3)
+    weights = layer.shift.weight.detach().clone()
+    layer(x * 2 + 1, context)  # only the first batch initialises
+    assert torch.equal(layer.shift.weight, weights)
+    fresh = ContextAffine(D, C).eval()
+    assert torch.equal(fresh(x, context)[0], x), "the identity before initialisation"
+    with pytest.raises(ValueError, match="context of shape"):
+        layer(x)
+
+
+def test_context_affine_without_a_class_in_the_first_batch_leaves_that_class_alone():
+    layer = ContextAffine(D, C).train()
+    context = torch.nn.functional.one_hot(torch.arange(8) % 2, C).float()  # class 2 absent
+    layer(torch.randn(8, D) * 3 + 1, context)
+    assert torch.equal(layer.shift.weight[:, 2], torch.zeros(D)) and torch.equal(layer.log_scale.weight[:, 2],
+                                                                                  torch.zeros(D))
+
+
+def test_class_affine_flow_begins_with_the_layer_and_old_configs_are_unchanged():
+    plain = ConditionalRealNVP(D, C, couplings=2, hidden=[8])
+    assert "class_affine" not in plain.get_config()
+    flow = ConditionalRealNVP(D, C, couplings=2, hidden=[8], class_affine=True, standardize=True)
+    assert isinstance(flow.transform.transforms[1], ContextAffine) and flow.get_config()["class_affine"]
+    copy = deserialize(serialize(flow))
+    copy.load_state_dict(randomize(flow, std=0.1).state_dict())
+    x, context = torch.randn(B, D), one_hot(B)
+    assert torch.equal(copy.eval().log_prob(x, context), flow.eval().log_prob(x, context))
 
 
 # ------------------------------------------------------------------ in ConditionalRealNVP

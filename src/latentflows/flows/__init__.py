@@ -14,7 +14,7 @@ from .conditioners import MLP, CouplingNet
 from .coupling import Coupling, coupling_mask
 from .distributions import BaseDistribution, FlowDistribution, StandardNormal
 from .flow import Flow
-from .linear import ActNorm, LULinear
+from .linear import ActNorm, ContextAffine, LULinear
 from .permutation import RandomPermutation
 from .realnvp import ConditionalRealNVP
 from .spline import RationalQuadraticSpline
@@ -25,4 +25,5 @@ __all__ = [
     "ElementwiseBijection", "TanhAffine", "SoftplusAffine", "Additive", "MLP", "CouplingNet", "Coupling",
     "coupling_mask", "BaseDistribution", "StandardNormal", "FlowDistribution", "Flow", "RandomPermutation",
     "ConditionalRealNVP", "Standardize", "jacobian_logabsdet", "RationalQuadraticSpline", "ActNorm", "LULinear",
+    "ContextAffine",
 ]

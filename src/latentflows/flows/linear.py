@@ -185,3 +185,92 @@ class LULinear(Transform):
 
     def get_config(self) -> dict[str, Any]:
         return {"features": self.features, "init": self.init, "seed": self.seed, "bias": self.has_bias}
+
+
+@register
+class ContextAffine(Transform):
+    """``z = (x - shift(c)) * exp(log_scale(c))`` per feature, ``shift`` and ``log_scale`` linear in the context.
+
+    With a one-hot class as the context this is a mean and a scale per class and feature,
+    set like ActNorm's from the first training batch (each class's mean and spread there:
+    a least-squares fit in the context for other contexts) and then trained. Put first in a
+    flow, it standardizes each class on its own, so that the class moves every sample
+    directly on the way back, instead of only through the couplings' conditioners (which
+    learn to ignore it on small data: the flow stops early, after a few dozen steps). The
+    ``initialized`` buffer is saved with the weights; before initialisation the layer is
+    the identity.
+
+    Args:
+        features: number of features.
+        context_size: size of the context vector (0: no context, one learned affine map).
+        eps: added to the spread at initialisation.
+
+    References:
+        Kingma, Dhariwal, "Glow", NeurIPS 2018, arXiv:1807.03039 (ActNorm's data-dependent
+        initialisation); Winkler et al., "Learning Likelihoods with Conditional Normalizing
+        Flows", 2019, arXiv:1912.00042 (class-conditional base distributions).
+
+    Example:
+        >>> import torch
+        >>> from latentflows.flows import ContextAffine
+        >>> layer = ContextAffine(1, context_size=2).train()
+        >>> x, context = torch.tensor([[0.0], [2.0], [10.0], [14.0]]), torch.eye(2)[[0, 0, 1, 1]]
+        >>> z, logabsdet = layer(x, context)           # the first batch: each class to mean 0, spread 1
+        >>> [round(v, 4) for v in z.flatten().tolist()], torch.allclose(layer.inverse(z, context)[0], x, atol=1e-6)
+        ([-1.0, 1.0, -1.0, 1.0], True)
+    """
+
+    def __init__(self, features: int, context_size: int = 0, eps: float = 1e-6):
+        super().__init__()
+        self.features, self.context_size, self.eps = features, context_size, eps
+        self.shift = nn.Linear(max(context_size, 1), features, bias=False)  # no context: a constant 1 as input
+        self.log_scale = nn.Linear(max(context_size, 1), features, bias=False)
+        for linear in (self.shift, self.log_scale):
+            nn.init.zeros_(linear.weight)
+        self.register_buffer("initialized", torch.tensor(False))
+        self._known_initialized = False  # a Python copy of the buffer: no device sync per step
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialized = False
+
+    def _context(self, x: Tensor, context: Tensor | None) -> Tensor:
+        if not self.context_size:
+            return x.new_ones(x.shape[0], 1)
+        if context is None or context.shape != (x.shape[0], self.context_size):
+            got = None if context is None else tuple(context.shape)
+            raise ValueError(f"ContextAffine needs a context of shape (batch, {self.context_size}), got {got}")
+        return context
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, context: Tensor) -> None:
+        """Fit ``shift`` to ``x`` and ``log_scale`` to its spread, by least squares in the context."""
+        if x.shape[0] < 2:
+            raise ValueError("ContextAffine initialises from its first training batch, which needs at least 2 samples")
+        mean = torch.linalg.lstsq(context, x).solution                      # (context, features)
+        variance = torch.linalg.lstsq(context, (x - context @ mean).pow(2)).solution
+        variance = torch.where(variance > self.eps, variance, torch.ones_like(variance))  # no spread seen: scale 1
+        self.shift.weight.copy_(mean.T)
+        self.log_scale.weight.copy_(-0.5 * torch.log(variance).T)
+        self.initialized.fill_(True)
+
+    def _maps(self, x: Tensor, context: Tensor | None, may_initialize: bool = False) -> tuple[Tensor, Tensor]:
+        context = self._context(x, context)
+        if may_initialize and self.training and not self._known_initialized:
+            if not bool(self.initialized):
+                self.initialize(x, context)
+            self._known_initialized = True
+        return self.shift(context), self.log_scale(context)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_features(x, self.features, "ContextAffine")
+        shift, log_scale = self._maps(x, context, may_initialize=True)
+        return (x - shift) * log_scale.exp(), log_scale.sum(1)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_features(z, self.features, "ContextAffine")
+        shift, log_scale = self._maps(z, context)
+        return z * torch.exp(-log_scale) + shift, -log_scale.sum(1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"features": self.features, "context_size": self.context_size, "eps": self.eps}

@@ -3,6 +3,7 @@
 An optional fixed standardization comes first; then each block is a coupling, then a
 mixing layer (a random permutation, or a learned ``LULinear``; without one, the next
 coupling flips its mask), then a normalization layer (invertible batch norm or ActNorm).
+Optionally a first ``ContextAffine`` layer gives each class its own mean and scale.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .batchnorm import InvertibleBatchNorm
 from .coupling import DEFAULT_CONDITIONER, Coupling
 from .distributions import StandardNormal
 from .flow import Flow
-from .linear import ActNorm, LULinear
+from .linear import ActNorm, ContextAffine, LULinear
 from .permutation import RandomPermutation
 from .standardize import Standardize
 
@@ -65,6 +66,9 @@ class ConditionalRealNVP(Flow):
         normalization: the layer after each mixing layer: ``"batchnorm"``
             (``InvertibleBatchNorm``, the default), ``"actnorm"`` (``ActNorm``) or ``"none"``
             (same as ``batch_norm=False``). Unset, it follows ``batch_norm``.
+        class_affine: begin (after the standardization) with a ``ContextAffine`` layer: a
+            mean and scale per class, set from the first batch and trained, so that the class
+            moves every sample directly.
         mean, std: the standardization statistics (weights, not config).
 
     References:
@@ -88,8 +92,8 @@ class ConditionalRealNVP(Flow):
     def __init__(self, features: int, context_size: int = 0, couplings: int = 12, mask: str = "alternate",
                  permute: bool = True, batch_norm: bool = True, bijection: dict | None = None,
                  conditioner: dict | None = None, hidden: Sequence[int] | None = None, seed: int = 0,
-                 standardize: bool = False, mixing: str | None = None, normalization: str | None = None, *,
-                 mean: Tensor | None = None, std: Tensor | None = None):
+                 standardize: bool = False, mixing: str | None = None, normalization: str | None = None,
+                 class_affine: bool = False, *, mean: Tensor | None = None, std: Tensor | None = None):
         if couplings < 1:
             raise ValueError(f"couplings must be at least 1, got {couplings}")
         mixing = _layer_kind("mixing", mixing, permute, "permute", MIXINGS, "permutation")
@@ -101,6 +105,8 @@ class ConditionalRealNVP(Flow):
             conditioner["config"] = {**conditioner.get("config", {}), "hidden": list(hidden)}
         bijection = dict(bijection or DEFAULT_BIJECTION)
         layers: list[Transform] = [Standardize(features, mean, std)] if standardize else []
+        if class_affine:
+            layers.append(ContextAffine(features, context_size))
         flip = False
         for i in range(couplings):
             layers.append(Coupling(features, mask, bijection, conditioner, context_size, flip))
@@ -115,9 +121,10 @@ class ConditionalRealNVP(Flow):
             elif normalization == "actnorm":
                 layers.append(ActNorm(features))
         super().__init__(Composite(layers), StandardNormal(features), context_size)
-        first = layers[1] if standardize else layers[0]
+        first = next(layer for layer in layers if isinstance(layer, Coupling))
         self.couplings, self.mask, self.permute, self.batch_norm = couplings, mask, permute, batch_norm
         self.seed, self.standardize, self.mixing, self.normalization = seed, standardize, mixing, normalization
+        self.class_affine = class_affine
         self.bijection_spec, self.conditioner_spec = first.get_config()["bijection"], first.get_config()["conditioner"]
 
     @property
@@ -141,6 +148,8 @@ class ConditionalRealNVP(Flow):
             config["mixing"] = self.mixing
         if self.normalization not in ("batchnorm", "none"):
             config["normalization"] = self.normalization
+        if self.class_affine:
+            config["class_affine"] = True
         return config
 
     @classmethod
