@@ -29,7 +29,7 @@ from latentflows.runs import split_dataset
 from latentflows.saving import load_model, save_model
 from latentflows.storage import save_safetensors
 
-TINY = ["--width", "8", "--embedding-dim", "32", "--ae-epochs", "1", "--couplings", "2", "--hidden", "32",
+TINY = ["--width", "8", "--embedding-dim", "64", "--ae-epochs", "1", "--couplings", "2", "--hidden", "32",
         "--flow-epochs", "2", "--no-progress"]
 
 
@@ -212,6 +212,7 @@ def test_evaluate_on_real_data(tiny_pipeline, split):
     assert sum(c["val"]["count"] for c in flow["per_class"].values()) == len(val_set)
     direct = -tiny_pipeline.log_prob(val_set.images, val_set.labels).mean() / tiny_pipeline.flow.features
     assert flow["val"]["nats_per_dim"] == pytest.approx(float(direct), rel=1e-5)
+    assert math.isfinite(flow["gaussian_baseline"]["nats_per_dim"]) and flow["gaussian_baseline"]["count"] == len(val_set)
     assert report["fid"]["available"] and set(report["fid"]["per_class"]) == {"cat", "dog"}
     assert report["fid"]["overall"]["n_generated"] == len(val_set)
     assert report["judge_fd"]["overall"]["fid"] > 0 and set(report["judge_fd"]["per_class"]) == {"cat", "dog"}
@@ -352,3 +353,22 @@ def test_cli_evaluate_compare_interpolate(tmp_path, pets_parquet, capsys):
     assert main(["interpolate", str(run), "--from", "cat", "--to", "dog", "--steps", "1",
                  "--out", str(tmp_path / "one.png")]) == 2
     assert main(["interpolate", str(run), "--from", "cat", "--to", "dog", "--out", str(strip)]) == 2
+
+
+def test_gaussian_baseline_is_the_true_nll_for_gaussian_classes_and_fits_each_class():
+    from latentflows.evaluation.measures import gaussian_baseline
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(20000) % 2
+    scale = torch.tensor([[1.0, 0.0], [0.8, 0.6]])  # correlated features
+    x = torch.randn(20000, 2, generator=generator, dtype=torch.float64) @ scale.T.double()
+    x = x + 5.0 * labels[:, None]
+    baseline = gaussian_baseline(x[:10000], labels[:10000], x[10000:], labels[10000:], 2)
+    true = torch.distributions.MultivariateNormal(torch.zeros(2, dtype=torch.float64),
+                                                  scale_tril=scale.double()).entropy() / 2
+    assert baseline["nats_per_dim"] == pytest.approx(float(true), abs=0.01) and baseline["count"] == 10000
+    pooled = gaussian_baseline(x[:10000], torch.zeros(10000, dtype=torch.long), x[10000:],
+                               torch.zeros(10000, dtype=torch.long), 1)
+    assert pooled["nats_per_dim"] > baseline["nats_per_dim"] + 0.3, "one Gaussian per class, not one for all"
+    with pytest.raises(ValueError, match="no class"):
+        gaussian_baseline(x[:1], labels[:1], x[1:3], labels[1:3], 2)

@@ -88,6 +88,9 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
                 flow.setdefault("per_class", {}).setdefault(name, {})[split_name] = \
                     measures.nll_summary(log_prob[chosen], dim)
     flow["gap_nats_per_dim"] = flow["val"]["nats_per_dim"] - flow["train"]["nats_per_dim"]
+    # what a flow must beat: one Gaussian per class (below it, the flow has learned something)
+    flow["gaussian_baseline"] = measures.gaussian_baseline(
+        embeddings["train"].cpu(), train_set.labels, embeddings["val"].cpu(), val_set.labels, len(names))
     report["flow"] = flow
 
     _log(progress, "evaluate: generating samples")
@@ -256,6 +259,7 @@ FIGURES = [
     ("flow val NLL (nats/dim)", ("flow", "val", "nats_per_dim"), "{:.4f}"),
     ("flow val NLL (bits/dim)", ("flow", "val", "bits_per_dim"), "{:.4f}"),
     ("flow val-train gap (nats/dim)", ("flow", "gap_nats_per_dim"), "{:+.4f}"),
+    ("val NLL of a Gaussian per class (nats/dim)", ("flow", "gaussian_baseline", "nats_per_dim"), "{:.4f}"),
     ("FID (all classes)", ("fid", "overall", "fid"), "{:.1f}"),
     ("KID x1000 (all classes)", ("fid", "overall", "kid_mean"), "x1000"),
     ("judge FD (all classes)", ("judge_fd", "overall", "fid"), "{:.2f}"),
