@@ -10,6 +10,7 @@ import torch
 from latentflows.config import OPTIONS, bijection_spec
 from latentflows.flows import (
     ActNorm,
+    ClassWhitening,
     ConditionalRealNVP,
     ContextAffine,
     Coupling,
@@ -48,6 +49,17 @@ def spread_inputs(dtype=torch.float64, n=B, features=D, seed=1):
 def spline_coupling(context_size=0, bins=5, mask="alternate", flip=False):
     return Coupling(D, mask, {"class": "RationalQuadraticSpline", "config": {"bins": bins, "bound": BOUND}},
                     {"class": "CouplingNet", "config": {"hidden": [16, 16]}}, context_size, flip)
+
+
+def fitted_whitening(classes=C, shrinkage=0.05, n=300, seed=5):
+    """A ClassWhitening fitted to correlated data with a different mean and covariance per class."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    mixing = torch.randn(classes, D, D, generator=generator) * 0.5 + torch.eye(D)
+    x = torch.einsum("nij,nj->ni", mixing[labels], torch.randn(n, D, generator=generator)) + 3.0 * labels[:, None]
+    layer = ClassWhitening(D, classes, shrinkage=shrinkage)
+    layer.fit_to_data(x, one_hot(n, classes))
+    return layer
 
 
 def lu_actnorm_flow(context_size=C, **options):
@@ -155,6 +167,8 @@ def layers(context_size):
     yield "lu-identity-no-bias", randomize(LULinear(D, init="identity", bias=False), std=0.3)
     yield "realnvp-lu-actnorm", randomize(lu_actnorm_flow(context_size), std=0.2).transform
     yield "context-affine", randomize(ContextAffine(D, context_size), std=0.5)
+    if context_size:
+        yield "class-whitening", fitted_whitening(context_size)
     yield "realnvp-class-affine", randomize(ConditionalRealNVP(D, context_size, couplings=2, hidden=[8],
                                                                class_affine=True), std=0.2).transform
     yield "realnvp-spline-default-layers", randomize(ConditionalRealNVP(
@@ -335,6 +349,55 @@ def test_class_affine_flow_begins_with_the_layer_and_old_configs_are_unchanged()
     copy.load_state_dict(randomize(flow, std=0.1).state_dict())
     x, context = torch.randn(B, D), one_hot(B)
     assert torch.equal(copy.eval().log_prob(x, context), flow.eval().log_prob(x, context))
+
+
+# ------------------------------------------------------------------ ClassWhitening
+
+def test_class_whitening_is_exactly_one_gaussian_per_class():
+    from latentflows.flows import StandardNormal
+
+    generator = torch.Generator().manual_seed(11)
+    n = 600
+    context = one_hot(n)
+    labels = context.argmax(1)
+    mixing = torch.randn(C, D, D, generator=generator, dtype=torch.float64) * 0.5 + 2 * torch.eye(D, dtype=torch.float64)
+    x = torch.einsum("nij,nj->ni", mixing[labels], torch.randn(n, D, generator=generator, dtype=torch.float64))
+    x = x + 2.0 * labels[:, None]  # well conditioned: the tiny ridge does not show in the whitened covariance
+    layer = ClassWhitening(D, C, shrinkage=0.0).double()
+    layer.fit_to_data(x, context.double())
+    z, logabsdet = layer(x, context.double())
+    log_prob = StandardNormal(D).double().log_prob(z) + logabsdet
+    for c in range(C):
+        rows = x[labels == c]
+        covariance = torch.cov(rows.T) + 1e-6 * torch.cov(rows.T).diagonal().mean() * torch.eye(D, dtype=torch.float64)
+        gaussian = torch.distributions.MultivariateNormal(rows.mean(0), covariance_matrix=covariance)
+        assert torch.allclose(log_prob[labels == c], gaussian.log_prob(rows), atol=1e-6)
+        assert torch.allclose(z[labels == c].T.cov(), torch.eye(D, dtype=torch.float64), atol=1e-4)
+
+
+def test_class_whitening_is_the_identity_until_fitted_and_needs_the_class():
+    x = torch.randn(B, D)
+    layer = ClassWhitening(D, C)
+    z, logabsdet = layer(x, one_hot(B))
+    assert torch.equal(z, x) and torch.equal(logabsdet, torch.zeros(B))
+    with pytest.raises(ValueError, match="one-hot context"):
+        layer(x)
+    with pytest.raises(ValueError, match="shrinkage"):
+        ClassWhitening(D, C, shrinkage=1.0)
+
+
+def test_flow_stage_fits_the_whitening_to_all_training_codes_and_it_is_saved(tmp_path):
+    from latentflows.flows import fit_leading_layers
+
+    flow = ConditionalRealNVP(D, C, couplings=2, hidden=[8], class_whitening=True, standardize=True)
+    assert flow.get_config()["class_whitening"] and "class_whitening" not in ConditionalRealNVP(D, C).get_config()
+    x, context = torch.randn(90, D) * 2 + 1, one_hot(90)
+    assert fit_leading_layers(flow.body, x, context) == 1
+    whitening = flow.body.transforms[0]
+    assert torch.allclose(whitening.mean[0], x[context[:, 0] == 1].mean(0), atol=1e-5)
+    copy = deserialize(serialize(flow))
+    copy.load_state_dict(flow.state_dict())
+    assert torch.equal(copy.body.transforms[0].whitening, whitening.whitening)
 
 
 # ------------------------------------------------------------------ in ConditionalRealNVP

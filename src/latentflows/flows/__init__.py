@@ -18,12 +18,12 @@ from .linear import ActNorm, ContextAffine, LULinear
 from .permutation import RandomPermutation
 from .realnvp import ConditionalRealNVP
 from .spline import RationalQuadraticSpline
-from .standardize import Standardize
+from .standardize import ClassWhitening, Standardize, fit_leading_layers
 
 __all__ = [
     "Transform", "Composite", "check_features", "InvertibleBatchNorm", "held_batch_statistics",
     "ElementwiseBijection", "TanhAffine", "SoftplusAffine", "Additive", "MLP", "CouplingNet", "Coupling",
     "coupling_mask", "BaseDistribution", "StandardNormal", "FlowDistribution", "Flow", "RandomPermutation",
     "ConditionalRealNVP", "Standardize", "jacobian_logabsdet", "RationalQuadraticSpline", "ActNorm", "LULinear",
-    "ContextAffine",
+    "ContextAffine", "ClassWhitening", "fit_leading_layers",
 ]

@@ -20,7 +20,7 @@ from .distributions import StandardNormal
 from .flow import Flow
 from .linear import ActNorm, ContextAffine, LULinear
 from .permutation import RandomPermutation
-from .standardize import Standardize
+from .standardize import ClassWhitening, Standardize
 
 DEFAULT_BIJECTION = {"class": "TanhAffine", "config": {}}
 MIXINGS = ("permutation", "lu", "none")
@@ -69,6 +69,9 @@ class ConditionalRealNVP(Flow):
         class_affine: begin (after the standardization) with a ``ContextAffine`` layer: a
             mean and scale per class, set from the first batch and trained, so that the class
             moves every sample directly.
+        class_whitening: begin (after the standardization) with a ``ClassWhitening`` layer
+            fitted to the training data: the flow starts as one full-covariance Gaussian per
+            class, and its couplings learn what those miss.
         mean, std: the standardization statistics (weights, not config).
 
     References:
@@ -93,7 +96,8 @@ class ConditionalRealNVP(Flow):
                  permute: bool = True, batch_norm: bool = True, bijection: dict | None = None,
                  conditioner: dict | None = None, hidden: Sequence[int] | None = None, seed: int = 0,
                  standardize: bool = False, mixing: str | None = None, normalization: str | None = None,
-                 class_affine: bool = False, *, mean: Tensor | None = None, std: Tensor | None = None):
+                 class_affine: bool = False, class_whitening: bool = False, *, mean: Tensor | None = None,
+                 std: Tensor | None = None):
         if couplings < 1:
             raise ValueError(f"couplings must be at least 1, got {couplings}")
         mixing = _layer_kind("mixing", mixing, permute, "permute", MIXINGS, "permutation")
@@ -105,6 +109,8 @@ class ConditionalRealNVP(Flow):
             conditioner["config"] = {**conditioner.get("config", {}), "hidden": list(hidden)}
         bijection = dict(bijection or DEFAULT_BIJECTION)
         layers: list[Transform] = [Standardize(features, mean, std)] if standardize else []
+        if class_whitening:
+            layers.append(ClassWhitening(features, context_size))
         if class_affine:
             layers.append(ContextAffine(features, context_size))
         flip = False
@@ -124,7 +130,7 @@ class ConditionalRealNVP(Flow):
         first = next(layer for layer in layers if isinstance(layer, Coupling))
         self.couplings, self.mask, self.permute, self.batch_norm = couplings, mask, permute, batch_norm
         self.seed, self.standardize, self.mixing, self.normalization = seed, standardize, mixing, normalization
-        self.class_affine = class_affine
+        self.class_affine, self.class_whitening = class_affine, class_whitening
         self.bijection_spec, self.conditioner_spec = first.get_config()["bijection"], first.get_config()["conditioner"]
 
     @property
@@ -150,6 +156,8 @@ class ConditionalRealNVP(Flow):
             config["normalization"] = self.normalization
         if self.class_affine:
             config["class_affine"] = True
+        if self.class_whitening:
+            config["class_whitening"] = True
         return config
 
     @classmethod

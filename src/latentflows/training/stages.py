@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..autoencoder import encode_images, to_signed_unit
 from ..data import ImageDataset
-from ..flows import Flow, Standardize
+from ..flows import Flow, Standardize, fit_leading_layers
 from ..layers import GaussianNoise
 from ..losses import to_bits_per_dim
 from ..registry import Configurable, build, register
@@ -350,6 +350,8 @@ class FlowStage(Stage):
         with torch.no_grad():
             train_x, head_logabsdet = head(raw_train)
             val_x, _ = head(raw_val)
+        fit_leading_layers(getattr(flow, "body", flow.transform), train_x.to(context.runtime.device),
+                           context.one_hot(context.train_set.labels).to(context.runtime.device))
         objective = self.objective().to(context.runtime.device)
         model = FlowTraining(flow, self.noise, objective, head_logabsdet[0])
         updates = self.updates(flow, objective)
