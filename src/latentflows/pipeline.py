@@ -133,6 +133,7 @@ class LatentFlowPipeline(nn.Module):
         """Log-density (nats) of the images' embeddings given their labels."""
         return self.embedding_log_prob(self.embed(images), labels)
 
+    @torch.no_grad()
     def embedding_log_prob(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """Log-density (nats) of embeddings already computed (``embed``) given their labels."""
         with evaluation_mode(self.flow):
