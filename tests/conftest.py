@@ -70,6 +70,6 @@ def tiny_config():
     """A training config small enough for seconds on CPU, with real data."""
     from latentflows import PRESETS
 
-    return PRESETS["quick"].with_options(width=8, embedding_dim=32, ae_epochs=2, ae_batch_size=32, couplings=3,
+    return PRESETS["quick"].with_options(width=8, embedding_dim=64, ae_epochs=2, ae_batch_size=32, couplings=3,
                                          hidden=[32], flow_epochs=3, flow_batch_size=64).with_values(
-        {"stages.autoencoder.config.model.config.fc_dim": 64, "stages.flow.config.patience": None})
+        {"stages.flow.config.patience": None})

@@ -19,7 +19,7 @@ from latentflows.training import Objective, Term, Trainer, Update, adam
 
 SRC = Path(lf.__file__).resolve().parent
 FORMAT_1_RUN = Path(__file__).resolve().parent / "data" / "run-format-1"
-TINY = ["--width", "8", "--embedding-dim", "32", "--ae-epochs", "1", "--ae-batch-size", "32", "--couplings", "2",
+TINY = ["--width", "8", "--embedding-dim", "64", "--ae-epochs", "1", "--ae-batch-size", "32", "--couplings", "2",
         "--hidden", "16", "--flow-epochs", "2", "--flow-batch-size", "64", "--no-progress"]
 
 
@@ -85,8 +85,11 @@ def test_a_loss_term_from_a_test_file_trains_through_the_config_and_the_cli(smal
     rows = RunFolder(tmp_path / "api").metrics()
     autoencoder = [r for r in rows if r["stage"] == "autoencoder"]
     assert all("train_colour" in r and "train_reconstruction" in r for r in autoencoder)
+    weights = {name: spec["config"].get("weight", 1.0)
+               for name, spec in config.get("stages.autoencoder.config.terms").items()}
+    assert set(weights) == {"reconstruction", "class_head", "colour"}  # the quick preset's two, and ours
     assert autoencoder[0]["train_loss"] == pytest.approx(
-        autoencoder[0]["train_reconstruction"] + 0.5 * autoencoder[0]["train_colour"], rel=1e-5)
+        sum(w * autoencoder[0][f"train_{name}"] for name, w in weights.items()), rel=1e-5)
 
     run = tmp_path / "cli"
     assert main(["train", "--data", str(pets_parquet), "--limit", "160", "--out", str(run), *TINY,

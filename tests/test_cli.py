@@ -6,7 +6,7 @@ from PIL import Image
 
 from latentflows.cli import main
 
-TINY = ["--width", "8", "--embedding-dim", "32", "--ae-epochs", "1", "--couplings", "2", "--hidden", "32",
+TINY = ["--width", "8", "--embedding-dim", "64", "--ae-epochs", "1", "--couplings", "2", "--hidden", "32",
         "--flow-epochs", "2", "--no-progress"]
 
 

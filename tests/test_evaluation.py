@@ -296,7 +296,8 @@ def test_interpolate_decodes_from_one_class_to_the_other(tiny_pipeline):
     assert torch.equal(rows["linear"][0], rows["spherical"][0]) and torch.equal(rows["linear"][-1], rows["spherical"][-1])
     ends = torch.randn(2, tiny_pipeline.flow.features, generator=torch.Generator().manual_seed(5))
     start, _ = tiny_pipeline.flow.transform.inverse(ends[:1], tiny_pipeline.one_hot(torch.tensor([0])))
-    assert torch.equal(rows["linear"][0], tiny_pipeline.decode(start)[0])
+    # the same end point, decoded alone (matrix products over other batch sizes differ in the last bit)
+    assert (rows["linear"][0].int() - tiny_pipeline.decode(start)[0].int()).abs().max() <= 1
 
 
 # ---------------------------------------------------------------------- CLI

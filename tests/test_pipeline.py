@@ -25,6 +25,16 @@ def test_run_folder_has_config_weights_metrics_and_figures(trained):
     assert rows[-1]["train_loss"] < rows[2]["train_loss"]  # the flow learned something
 
 
+def test_the_quick_flow_starts_from_one_gaussian_per_class_of_its_training_codes(trained, small_pets, tiny_config):
+    pipeline, _ = trained
+    whitening = pipeline.flow.body.transforms[0]
+    assert isinstance(whitening, lf.flows.ClassWhitening)
+    train_set, _ = lf.runs.run_split(small_pets, tiny_config)
+    standardized, _ = pipeline.flow.head(pipeline.embed(train_set.images))
+    for c in range(2):
+        assert torch.allclose(whitening.mean[c], standardized[train_set.labels == c].mean(0), atol=1e-4)
+
+
 def test_training_is_deterministic(small_pets, trained, tiny_config):
     again = lf.train(small_pets, tiny_config, None, progress=False, figures=False)
     for (name, a), (_, b) in zip(trained[0].state_dict().items(), again.state_dict().items()):
@@ -60,6 +70,14 @@ def test_flow_head_standardizes_the_training_embeddings(trained, small_pets, tin
     train_set, _ = lf.runs.run_split(small_pets, tiny_config)
     standardized, _ = pipeline.flow.head(pipeline.embed(train_set.images))
     assert standardized.mean(0).abs().max() < 1e-3 and (standardized.std(0) - 1).abs().max() < 1e-3
+
+
+def test_log_densities_of_embeddings_build_no_autograd_graph(trained, small_pets):
+    pipeline, _ = trained
+    embeddings = pipeline.embed(small_pets.images[:4])
+    log_prob = pipeline.embedding_log_prob(embeddings, small_pets.labels[:4])
+    assert not log_prob.requires_grad and log_prob.grad_fn is None
+    assert torch.allclose(log_prob, pipeline.log_prob(small_pets.images[:4], small_pets.labels[:4]))
 
 
 def test_embed_decode_and_generate_restore_the_mode_they_found(trained, small_pets):

@@ -222,3 +222,14 @@ def test_class_head_trains_the_encoder_and_its_head_but_not_the_decoder():
     assert all(p.grad is None for p in autoencoder.decoder.parameters())
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in autoencoder.encoder.parameters())
     assert head.head.weight.grad.abs().sum() > 0
+
+
+def test_every_preset_builds_at_its_real_size_and_quick_is_the_measured_choice():
+    for name, preset in lf.PRESETS.items():
+        assert preset.validate().preset == name
+    quick, best = lf.PRESETS["quick"], lf.PRESETS["best"]
+    assert quick.get("stages.autoencoder.config.model.class") == "SpatialAutoencoder"
+    assert quick.get("stages.autoencoder.config.terms.reconstruction.config.loss.class") == "L1Loss"
+    assert quick.get("stages.autoencoder.config.flip") and quick.get("stages.autoencoder.config.schedule") == "cosine"
+    assert best.get("stages.autoencoder.config.terms.adversarial.class") == "Adversarial"
+    assert lf.PRESETS["seed"].get("stages.autoencoder.config.model.class") == "ConvAutoencoder"  # the notebook's

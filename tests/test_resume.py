@@ -36,7 +36,8 @@ class InterruptAt(Callback):
 
 @pytest.mark.parametrize("stage,epoch", [("autoencoder", 2), ("flow", 2), ("flow", 5)])
 def test_resume_after_interruption_matches_uninterrupted(small_pets, tiny_config, tmp_path, monkeypatch, stage, epoch):
-    config = tiny_config.with_options(ae_epochs=3, flow_epochs=6, flow_patience=3, flow_noise=0.05)
+    # patience 5: the flow (which starts at the per-class Gaussians) does not stop before epoch 5
+    config = tiny_config.with_options(ae_epochs=3, flow_epochs=6, flow_patience=5, flow_noise=0.05)
     full = tmp_path / "full"
     lf.train(small_pets, config, full, progress=False, figures=False)
     assert not (full / "checkpoints").exists()  # removed once the run is complete
@@ -73,7 +74,7 @@ def cli(*args):
 
 
 def test_sigkill_mid_training_then_resume_gives_the_same_weights(tmp_path, pets_parquet):
-    settings = ["--data", str(pets_parquet), "--limit", "600", "--width", "8", "--embedding-dim", "32",
+    settings = ["--data", str(pets_parquet), "--limit", "600", "--width", "8", "--embedding-dim", "64",
                 "--ae-epochs", "4", "--couplings", "2", "--hidden", "32", "--flow-epochs", "6"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     full = tmp_path / "full"
@@ -97,8 +98,9 @@ def test_sigkill_mid_training_then_resume_gives_the_same_weights(tmp_path, pets_
 
 
 def test_ctrl_c_exits_cleanly_and_the_run_resumes(tmp_path, pets_parquet):
-    settings = ["--data", str(pets_parquet), "--limit", "600", "--width", "8", "--embedding-dim", "32",
-                "--ae-epochs", "4", "--couplings", "2", "--hidden", "32", "--flow-epochs", "2"]
+    # enough epochs that the run cannot finish between the first checkpoint and the signal
+    settings = ["--data", str(pets_parquet), "--limit", "600", "--width", "8", "--embedding-dim", "64",
+                "--ae-epochs", "12", "--couplings", "2", "--hidden", "32", "--flow-epochs", "2"]
     run = tmp_path / "run"
     process = subprocess.Popen(cli(*settings, "--out", str(run)), env={**os.environ, "PYTHONUNBUFFERED": "1"},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -16,7 +16,7 @@ def test_quick_preset_end_to_end(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     autoencoder = [r for r in rows if r["stage"] == "autoencoder"]
     flow = [r for r in rows if r["stage"] == "flow"]
-    assert autoencoder[-1]["val_loss"] < 0.6 * autoencoder[0]["val_loss"]
+    assert autoencoder[-1]["val_loss"] < 0.7 * autoencoder[0]["val_loss"]  # L1: 0.18 -> 0.11 measured
     assert min(r["val_loss"] for r in flow) < flow[0]["val_loss"] - 10
     pipeline = lf.load(run)
     for label in ("cat", "dog"):
@@ -26,7 +26,7 @@ def test_quick_preset_end_to_end(tmp_path):
     assert main(["evaluate", str(run), "--no-fid", "--no-progress"]) == 0
     report = json.loads((run / "eval.json").read_text())
     assert report["classifier"]["val_accuracy"] > 0.75  # the judge tells real cats from dogs
-    assert report["autoencoder"]["val"]["psnr_db"] > 16
+    assert report["autoencoder"]["val"]["psnr_db"] > 21  # 22.5 measured (the seed-style network: 17.7)
     for name in ("cat", "dog"):
         assert 0.5 < report["memorisation"][name]["ratio"]  # no copies of training images
         assert report["diversity"][name]["ratio"] > 0.5  # no collapse onto a few images
