@@ -186,19 +186,20 @@ def linear_probe(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor,
     return {"accuracy": float((predicted == val_y).double().mean()), "balanced_accuracy": sum(recalls) / len(recalls)}
 
 
-def gaussian_baseline(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, classes: int,
-                      ridge: float = 1e-6) -> dict[str, float]:
+def gaussian_baseline(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor,
+                      classes: int) -> dict[str, float]:
     """Validation NLL (nats per dimension) of one full-covariance Gaussian per class, fitted to ``train_x``.
 
     The baseline a flow must beat to earn its keep: a flow whose validation NLL is not below
     this one has learned nothing about the embeddings that their class means and covariances
-    do not already say (on small data it can even be worse: it overfits).
+    do not already say (on small data it can even be worse: it overfits). It is the density
+    of ``flows.ClassWhitening`` without shrinkage (the layer a flow can start from), so the
+    two never disagree; classes with fewer than 2 training embeddings are left out.
 
     Args:
         train_x, train_y: training embeddings ``(N, D)`` and integer labels.
         val_x, val_y: validation embeddings and labels.
         classes: the number of classes.
-        ridge: added to each covariance's diagonal, relative to its mean variance.
 
     Example:
         >>> import torch
@@ -207,20 +208,19 @@ def gaussian_baseline(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Te
         >>> round(gaussian_baseline(x[:1000], y[:1000], x[1000:], y[1000:], 2)["nats_per_dim"], 1)  # 0.5 log(2 pi e 4)
         2.1
     """
+    from ..flows import ClassWhitening, StandardNormal
+
     train_x, val_x = train_x.double(), val_x.double()
-    total, count = 0.0, 0
-    for c in range(classes):
-        fit, scored = train_x[train_y == c], val_x[val_y == c]
-        if len(fit) < 2 or not len(scored):
-            continue
-        covariance = torch.cov(fit.T).reshape(fit.shape[1], fit.shape[1])
-        covariance = covariance + ridge * covariance.diagonal().mean() * torch.eye(fit.shape[1], dtype=fit.dtype)
-        gaussian = torch.distributions.MultivariateNormal(fit.mean(0), covariance_matrix=covariance)
-        total += float(-gaussian.log_prob(scored).sum())
-        count += len(scored)
-    if not count:
+    fitted = torch.bincount(train_y, minlength=classes) >= 2
+    scored = fitted[val_y]
+    if not bool(scored.any()):
         raise ValueError("no class has both 2 training and 1 validation embedding")
-    return {"nats_per_dim": total / count / val_x.shape[1], "count": count}
+    gaussians = ClassWhitening(train_x.shape[1], classes, shrinkage=0.0).double()
+    gaussians.fit_to_data(train_x, torch.nn.functional.one_hot(train_y, classes).double())
+    val_x, val_y = val_x[scored], val_y[scored]
+    z, logabsdet = gaussians(val_x, torch.nn.functional.one_hot(val_y, classes).double())
+    log_prob = StandardNormal(val_x.shape[1]).double().log_prob(z) + logabsdet
+    return {"nats_per_dim": float(-log_prob.mean()) / val_x.shape[1], "count": len(val_x)}
 
 
 def _flat(images: Tensor) -> Tensor:
