@@ -6,13 +6,17 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from latentflows import train
 from latentflows.cli import main
 from latentflows.errors import ModelFileError
 from latentflows.evaluation import (
     FIDInceptionV3,
+    ImageClassifier,
     evaluate,
+    evaluate_run,
     feature_distances,
     format_report,
     load_inception,
@@ -25,7 +29,8 @@ from latentflows.evaluation import (
 from latentflows.evaluation import inception as inception_module
 from latentflows.evaluation.inception import inception_from_file, tf1_bilinear_resize
 from latentflows.interpolation import interpolate, interpolation_path, slerp
-from latentflows.runs import split_dataset
+from latentflows.runs import RunFolder, split_dataset
+from latentflows.runtime import Runtime, resolve_device
 from latentflows.saving import load_model, save_model
 from latentflows.storage import save_safetensors
 
@@ -177,6 +182,10 @@ def test_diversity_and_nearest_neighbours():
     references = torch.randint(0, 256, (30, 3, 4, 4), dtype=torch.uint8)
     distances, index = nearest_neighbours(references[[7, 3]], references, batch_size=1)
     assert index.tolist() == [7, 3] and distances.abs().max() < 1e-6
+    queries = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8)
+    for on_cpu, default in zip(nearest_neighbours(queries, references, device="cpu"), nearest_neighbours(queries, references)):
+        assert on_cpu.device.type == "cpu" and torch.equal(on_cpu, default)
+    assert mean_pairwise_distance(references, device="cpu") == mean_pairwise_distance(references)
     assert nll_summary(torch.tensor([-2.0, -4.0]), 3)["bits_per_dim"] == pytest.approx(1 / math.log(2))
 
 
@@ -193,6 +202,57 @@ def test_classifier_learns_and_round_trips(tmp_path, small_pets):
     save_model(tmp_path / "clf", model)
     loaded, _ = load_model(tmp_path / "clf")
     assert torch.equal(loaded.predict(val_set.images), model.predict(val_set.images))
+
+
+class NoDeviceMixing(TorchDispatchMode):
+    """Fails any op that mixes tensors of several devices (CPU scalars aside, as CUDA allows
+    them): some meta kernels, the convolution's among them, do not check devices themselves."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        devices = {t.device.type for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.dim() > 0}
+        if len(devices) > 1:
+            raise AssertionError(f"{func} mixes tensors on {sorted(devices)}")
+        return func(*args, **(kwargs or {}))
+
+
+def test_evaluation_networks_make_their_tensors_on_the_device_of_their_input():
+    """On the meta device (shapes only), nothing mixes in a CPU tensor: the judge's loss with
+    its random flips and blur, the blur's kernel, the forward passes of the feature networks."""
+    from latentflows.evaluation.classifier import _classification_loss, gaussian_blur
+    from latentflows.evaluation.efficientnet import EfficientNetLite
+
+    meta = resolve_device("meta")
+    images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8, device=meta)
+    classifier = ImageClassifier(2, width=4).to(meta).train()
+    with torch.device("meta"):  # no weights to initialize: built at once
+        inception, efficientnet = FIDInceptionV3(), EfficientNetLite(0).eval()
+    with NoDeviceMixing():
+        losses = _classification_loss(classifier, (images, torch.zeros(4, dtype=torch.long, device=meta)))
+        assert losses["loss"].device == meta and losses["accuracy"].device == meta
+        assert classifier.embed(images).shape == (4, 32)
+        assert gaussian_blur(torch.zeros(2, 3, 16, 16, device=meta), 1.5).device == meta
+        assert inception(images).shape == (4, 2048) and inception(images).device == meta
+        assert efficientnet.features(images).device == meta
+    with pytest.raises(AssertionError, match="mixes tensors on"), NoDeviceMixing():  # the guard guards
+        torch.nn.functional.conv2d(torch.zeros(1, 1, 3, 3, device=meta), torch.ones(1, 1, 1, 1))
+
+
+def test_evaluate_run_on_a_chosen_device(tiny_pipeline, tmp_path):
+    from latentflows.config import RunConfig
+
+    run = tmp_path / "run"
+    tiny_pipeline.save(run)
+    RunFolder(run).write_settings(RunConfig.from_dict(tiny_pipeline.config), {"limit": 240})  # the small_pets slice
+    options = {"fid": False, "imagenet": (), "classifier_epochs": 1, "progress": False}
+    with pytest.raises(ValueError, match="unknown device"):
+        evaluate_run(run, device="tpu", **options)
+    report = evaluate_run(run, device="cpu", **options)
+    assert report["settings"]["device"] == "cpu" and report["classifier"]["trained_now"]
+    assert json.loads((run / "eval.json").read_text())["flow"] == report["flow"]
+    judge, _ = load_model(run / "classifier")
+    assert all(t.device.type == "cpu" for t in judge.state_dict().values())
+    again = evaluate_run(run, device=Runtime("cpu"), out=tmp_path / "again.json", **options)
+    assert not again["classifier"]["trained_now"] and again["classifier"]["val_accuracy"] == report["classifier"]["val_accuracy"]
 
 
 # ---------------------------------------------------------------------- the report

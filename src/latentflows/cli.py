@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .config import OPTIONS, PRESETS, integer, parse_set, positive_float, positive_int
 from .errors import LatentflowsError
+from .runtime import DEVICE_HELP, PRECISIONS, Runtime
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import RunConfig
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="EPOCHS",
                        help="save a resumable checkpoint every this many epochs (default 1)")
     train.add_argument("--compile", action="store_true", default=None, help="torch.compile the training steps")
+    _device_options(train, training=True)
     train.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", type=_argument(parse_set),
                        help="set any config path, VALUE as JSON, e.g. stages.flow.config.epochs=50 or "
                             "stages.flow.config.model.config.bijection='{\"class\": \"Additive\"}' (repeatable)")
@@ -83,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="generate images of one class from a trained run")
     sample.add_argument("run", type=Path)
+    _device_options(sample)
     sample.add_argument("--class", dest="label", required=True, help="class name, e.g. cat or dog")
     sample.add_argument("-n", type=_positive_int, default=16, help="number of images (default 16)")
     sample.add_argument("--temperature", type=_positive_float, default=1.0, help="scale of the base noise (default 1)")
@@ -93,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="measure a trained run on its validation split, write eval.json")
     evaluate.add_argument("run", type=Path)
+    _device_options(evaluate)
     evaluate.add_argument("--data", help="data source, when the one in the run's run.json has moved")
     evaluate.add_argument("--samples", type=_positive_int, metavar="N",
                           help="generated images per class (default: as many as the class has validation images)")
@@ -121,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     interpolate = commands.add_parser("interpolate", help="decode a walk between two classes through the base space")
     interpolate.add_argument("run", type=Path)
+    _device_options(interpolate)
     interpolate.add_argument("--from", dest="start", required=True, help="class at the left end, e.g. cat")
     interpolate.add_argument("--to", dest="end", required=True, help="class at the right end, e.g. dog")
     interpolate.add_argument("--steps", type=_positive_int, default=10, help="images per row (default 10)")
@@ -135,6 +140,24 @@ def build_parser() -> argparse.ArgumentParser:
     cache = commands.add_parser("cache", help="show or empty the decoded-image cache")
     cache.add_argument("action", choices=["info", "clear"])
     return parser
+
+
+def _device_options(parser: argparse.ArgumentParser, training: bool = False) -> None:
+    parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default auto)")
+    if training:
+        parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
+                            help="autocast precision of the autoencoder (the flow stays fp32); fp16 uses loss "
+                                 "scaling (default fp32)")
+        parser.add_argument("--deterministic", action="store_true",
+                            help="deterministic kernels only: the same weights on every run on a GPU, a bit slower")
+
+
+def _runtime(args: argparse.Namespace) -> Runtime:
+    """The runtime the options ask for; a device that is not there is a one-line error."""
+    try:
+        return Runtime(args.device, getattr(args, "precision", "fp32"), getattr(args, "deterministic", False))
+    except ValueError as error:
+        raise LatentflowsError(f"--device {args.device}: {error}") from None
 
 
 def run_cache(args: argparse.Namespace) -> None:
@@ -154,6 +177,7 @@ def run_train(args: argparse.Namespace) -> None:
     from .runs import RunFolder, apply_limit
 
     _import_modules(args.imports)
+    _runtime(args)  # an unavailable device fails before the slow steps
     if args.resume is not None:
         given = [f"--{name}" for name in OPTIONS if getattr(args, name.replace("-", "_")) is not None]
         given += ["--set"] * bool(args.set) + ["--preset"] * (args.preset != "quick") + ["--compile"] * bool(args.compile)
@@ -221,7 +245,8 @@ def _train_on(dataset: ImageDataset, config: RunConfig, run_dir: Path, data: dic
     print(f"data: {len(dataset)} images, {dataset.num_classes} classes ({counts})", file=sys.stderr)
     try:
         pipeline = train(dataset, config, run_dir, overwrite=getattr(args, "overwrite", False), resume=resume,
-                         data_spec=data, progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
+                         data_spec=data, progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
+                         device=_runtime(args))
     except KeyboardInterrupt:
         print(f"latentflows: interrupted; the last completed epoch is saved: continue with "
               f"latentflows train --resume {run_dir}", file=sys.stderr)
@@ -241,7 +266,7 @@ def run_sample(args: argparse.Namespace) -> None:
         raise LatentflowsError(f"--npy {args.npy}: the file name must end in .npy (numpy would add it silently)")
     if args.npy is not None and args.npy.exists() and not args.overwrite:
         raise LatentflowsError(f"{args.npy} already exists; choose another name or pass --overwrite")
-    pipeline = load(args.run)
+    pipeline = load(args.run, _runtime(args).device)
     samples = pipeline.generate(args.label, args.n, args.temperature, args.seed)
     columns = min(8, args.n)
     rows = [samples.images[i : i + columns] for i in range(0, args.n, columns)]
@@ -260,7 +285,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
                           fid_weights=args.fid_weights, fid=not args.no_fid, download=not args.no_download,
                           samples_per_class=args.samples, seed=args.seed, temperature=args.temperature,
                           classifier_epochs=args.classifier_epochs, judge=args.judge, imagenet=args.imagenet,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, device=_runtime(args))
     print(format_report(report))
     print(f"wrote {args.out or args.run / 'eval.json'} in {report['seconds']:.0f}s")
 
@@ -279,7 +304,7 @@ def run_interpolate(args: argparse.Namespace) -> None:
     _check_png_target(args.out, args.overwrite)
     if args.steps < 2:
         raise LatentflowsError(f"--steps must be at least 2, got {args.steps}")
-    pipeline = load(args.run)
+    pipeline = load(args.run, _runtime(args).device)
     rows = interpolate(pipeline, args.start, args.end, args.steps, args.seed, args.temperature)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     start, end = (pipeline.class_names[pipeline.class_index(label)] for label in (args.start, args.end))
@@ -298,7 +323,7 @@ def run_info(args: argparse.Namespace) -> None:
     from .pipeline import load
     from .runs import RunFolder
 
-    pipeline = load(args.run)
+    pipeline = load(args.run, "cpu")
     flow_parameters = sum(p.numel() for p in pipeline.flow.parameters())
     ae_parameters = sum(p.numel() for p in pipeline.autoencoder.parameters())
     info = {"run": str(args.run), "classes": pipeline.class_names,

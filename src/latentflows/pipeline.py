@@ -88,7 +88,7 @@ class LatentFlowPipeline(nn.Module):
 
     # ------------------------------------------------------------------ embeddings
     def embed(self, images: Tensor, batch_size: int = 256) -> Tensor:
-        """uint8 images -> the autoencoder's embeddings (what the flow models)."""
+        """uint8 images (anywhere) -> the autoencoder's embeddings (what the flow models), on its device."""
         return encode_images(self.autoencoder, images, batch_size)
 
     def decode(self, embeddings: Tensor, batch_size: int = 256) -> Tensor:
@@ -123,6 +123,7 @@ class LatentFlowPipeline(nn.Module):
         index = self.class_index(label)
         with evaluation_mode(self.flow):
             context = self.one_hot(torch.tensor([index]))
+            # drawn on the CPU, then moved: a seed gives the same images on every device
             generator = torch.Generator().manual_seed(seed)
             embeddings, log_prob = self.flow.sample_and_log_prob(n, context, temperature, generator)
         order = torch.argsort(log_prob, descending=True)
@@ -152,8 +153,9 @@ class LatentFlowPipeline(nn.Module):
         })
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> "LatentFlowPipeline":
-        """Load a run folder (JSON + safetensors only; runs of format 1 are converted in memory)."""
+    def load(cls, run_dir: str | Path, device: str | torch.device = "auto") -> "LatentFlowPipeline":
+        """Load a run folder (JSON + safetensors only; runs of format 1 are converted in memory)
+        onto ``device`` (``"auto"``: a GPU when there is one, else the CPU)."""
         run = RunFolder(run_dir)
         if not run.path.is_dir():
             raise ModelFileError(f"{run.path}: no such run folder")
@@ -178,6 +180,6 @@ class LatentFlowPipeline(nn.Module):
         return pipeline.to(resolve_device(device)).eval()
 
 
-def load(run_dir: str | Path, device: str | torch.device = "cpu") -> LatentFlowPipeline:
-    """Load a trained pipeline from a run folder (JSON + safetensors only)."""
+def load(run_dir: str | Path, device: str | torch.device = "auto") -> LatentFlowPipeline:
+    """Load a trained pipeline from a run folder (JSON + safetensors only) onto ``device``."""
     return LatentFlowPipeline.load(run_dir, device)

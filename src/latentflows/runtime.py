@@ -1,20 +1,25 @@
-"""Where and how tensors are computed: device and precision, in one object.
+"""Where and how tensors are computed: device, precision and determinism, in one object.
 
-The trainer, the stages and the pipeline ask the ``Runtime`` to move batches, build
-metrics and enter autocast, instead of deciding it themselves. A later distributed
-strategy (several processes) extends this class rather than every loop.
+The trainer, the stages, the pipeline and the evaluation ask the ``Runtime`` to place
+data, move batches, build metrics, enter autocast and scale fp16 gradients, instead of
+deciding it themselves. A strategy over several processes (``distributed.py``) is a
+subclass, not a change to every loop: a new device option is one class in one place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, ContextManager, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-# fp16 needs loss scaling (a GradScaler) to train safely; it is left out until the trainer has one
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+# fp16 trains with loss scaling (a GradScaler); bf16 has fp32's range and needs none
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEVICE_HELP = "auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps"
+# data sets up to this share of a GPU's memory are copied there once, so a step reads no host memory
+DEVICE_DATA_SHARE = 0.25
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -26,29 +31,44 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", torch.cuda.current_device())
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
         resolved = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for, but this torch build sees no CUDA GPU; use the cpu device")
-    if resolved.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device {device!r} was asked for, but MPS is not available here; use the cpu device")
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use {DEVICE_HELP}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was asked for, but this torch build sees no CUDA GPU; "
+                             "use --device cpu (or install a CUDA build of torch)")
+        if resolved.index is None:
+            resolved = torch.device("cuda", torch.cuda.current_device())
+        elif resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} was asked for, but only {torch.cuda.device_count()} CUDA "
+                             f"GPU(s) are visible (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    elif resolved.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r} was asked for, but MPS is not available here; use --device cpu")
+    elif resolved.type not in ("cpu", "cuda", "mps", "meta"):  # meta: shape-only runs in tests
+        raise ValueError(f"device {device!r} is not supported; use {DEVICE_HELP}")
     return resolved
 
 
 class Runtime:
-    """Device and numeric precision of a training or inference run.
+    """Device, numeric precision and determinism of a training or inference run.
 
     Args:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a ``torch.device``.
-        precision: ``"fp32"`` or ``"bf16"`` (autocast for the parts of a model
-            that allow it; flow log-determinants stay in fp32).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: autocast for the parts of a model
+            that allow it (the autoencoder; flow log-determinants and base densities stay
+            in fp32). fp16 scales the loss so small gradients survive (``grad_scaler``).
+        deterministic: within ``session()``, only deterministic kernels (cuDNN and CUDA
+            scatter-adds otherwise use atomics, so GPU runs differ in the last bits).
+
+    References:
+        Micikevicius et al., "Mixed Precision Training", ICLR 2018, arXiv:1710.03740 (loss scaling).
 
     Example:
         >>> import torch
@@ -58,18 +78,61 @@ class Runtime:
         (device(type='cpu'), 'fp32')
     """
 
-    def __init__(self, device: str | torch.device | None = "auto", precision: str = "fp32"):
+    def __init__(self, device: str | torch.device | None = "auto", precision: str = "fp32",
+                 deterministic: bool = False):
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
-        self.precision = precision
+        self.precision, self.deterministic = precision, bool(deterministic)
 
     def __repr__(self) -> str:
-        return f"Runtime(device={str(self.device)!r}, precision={self.precision!r})"
+        return (f"{type(self).__name__}(device={str(self.device)!r}, precision={self.precision!r}, "
+                f"deterministic={self.deterministic})")
 
+    # ------------------------------------------------------------------ processes
+    @property
+    def is_main_process(self) -> bool:
+        """Whether this process writes files and prints (always, in one process)."""
+        return True
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the training loop calls (several processes: wrapped to sync gradients)."""
+        return model
+
+    def reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Figures averaged over processes (one process: unchanged)."""
+        return values
+
+    # ------------------------------------------------------------------ tensors
     def move(self, batch: Sequence[Tensor]) -> tuple[Tensor, ...]:
         """The batch's tensors on this device (no copy when they are already there)."""
         return tuple(t.to(self.device, non_blocking=True) for t in batch)
+
+    def place(self, tensors: Sequence[Tensor]) -> list[Tensor]:
+        """A data set's tensors where batches are cut from: copied to a GPU once when they
+        take at most a quarter of its memory (a step then reads no host memory), else kept
+        in host memory, pinned on CUDA so copies overlap with compute."""
+        tensors = list(tensors)
+        if self.device.type == "cpu":
+            return tensors
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        if self.device.type == "meta" or size <= DEVICE_DATA_SHARE * self.memory_bytes():
+            return [t.to(self.device) for t in tensors]
+        if self.device.type == "cuda":
+            return [t.pin_memory() for t in tensors]
+        return tensors
+
+    def memory_bytes(self) -> int:
+        """Memory of this device (the CPU: 0, as nothing needs placing there)."""
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_properties(self.device).total_memory
+        if self.device.type == "mps":
+            return int(torch.mps.recommended_max_memory())
+        return 0
 
     def tensor(self, value: Any, dtype: torch.dtype | None = None) -> Tensor:
         """A new tensor on this device."""
@@ -84,16 +147,70 @@ class Runtime:
         """float64 for running sums where the device has it (MPS does not)."""
         return torch.float32 if self.device.type == "mps" else torch.float64
 
+    def generator(self, seed: int) -> torch.Generator:
+        """A seeded CPU generator: a seed draws the same noise on every device (it is drawn
+        once per call, then moved; per-step randomness uses the device's own generator)."""
+        return torch.Generator().manual_seed(seed)
+
+    # ------------------------------------------------------------------ numerics
     def autocast(self, enabled: bool = True) -> ContextManager:
         """Autocast to the chosen precision (a no-op for fp32 or ``enabled=False``)."""
         dtype = PRECISIONS[self.precision]
-        if dtype is None or not enabled:
+        if dtype is None or not enabled or self.device.type == "meta":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def generator(self, seed: int) -> torch.Generator:
-        """A seeded CPU generator: the same draws on every device, moved where they are used."""
-        return torch.Generator().manual_seed(seed)
+    def grad_scaler(self, enabled: bool = True) -> torch.amp.GradScaler | None:
+        """A loss scaler for fp16 training, None otherwise."""
+        if self.precision != "fp16" or not enabled:
+            return None
+        return torch.amp.GradScaler(self.device.type)
+
+    @property
+    def syncs_are_free(self) -> bool:
+        """On the CPU, reading a value back costs nothing; on a GPU it stalls the queue of kernels."""
+        return self.device.type == "cpu"
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Set the process-wide switches this runtime asks for, and restore them after.
+
+        ``deterministic``: deterministic kernels only (``torch.use_deterministic_algorithms``,
+        cuDNN without autotuning, cuBLAS with a fixed workspace). Otherwise, on CUDA, cuDNN
+        autotunes its convolutions (the shapes of a run do not change) and float32 matrix
+        products may use TF32.
+        """
+        saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                 torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+                 torch.get_float32_matmul_precision())
+        try:
+            if self.deterministic:
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+                torch.use_deterministic_algorithms(True)
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+            elif self.device.type == "cuda":
+                torch.backends.cudnn.benchmark = True
+                torch.set_float32_matmul_precision("high")
+            yield
+        finally:
+            torch.use_deterministic_algorithms(saved[0])
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1], saved[2]
+            if saved[3] is None:
+                os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+            torch.set_float32_matmul_precision(saved[4])
+
+
+def as_runtime(device: str | torch.device | Runtime | None = "auto", precision: str = "fp32",
+               deterministic: bool = False) -> Runtime:
+    """A ``Runtime`` from what an API call was given: a runtime itself, or a device name.
+
+    Example:
+        >>> as_runtime("cpu", "bf16")
+        Runtime(device='cpu', precision='bf16', deterministic=False)
+    """
+    if isinstance(device, Runtime):
+        return device
+    return Runtime(device, precision, deterministic)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..autoencoder import to_signed_unit
 from ..data import ImageDataset
 from ..registry import Configurable, register
+from ..runtime import Runtime, as_runtime
 from ..training import Batches, StepSchedule, Trainer, adam
 
 
@@ -62,9 +63,15 @@ class ImageClassifier(nn.Module, Configurable):
 
     @torch.no_grad()
     def predict(self, images: Tensor, batch_size: int = 512) -> Tensor:
-        """Class indices of ``images`` (uint8 or [-1, 1] float), in eval mode and by batches."""
+        """Class indices of ``images`` (uint8 or [-1, 1] float), in eval mode and by batches.
+
+        Each batch is moved to the classifier's device (``images`` may stay on the CPU);
+        the indices come back on the CPU.
+        """
         self.eval()
-        return torch.cat([self(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+        device = next(self.parameters()).device
+        predicted = [self(images[i : i + batch_size].to(device)).argmax(1) for i in range(0, len(images), batch_size)]
+        return torch.cat(predicted).cpu() if predicted else torch.zeros(0, dtype=torch.long)
 
     def get_config(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "width": self.width, "dropout": self.dropout}
@@ -90,7 +97,7 @@ def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
         (torch.Size([1, 1, 9, 9]), 1.0, 0.159)
     """
     radius = max(1, int(3 * sigma + 0.5))
-    x = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel = kernel / kernel.sum()
     channels = images.shape[1]
@@ -102,11 +109,12 @@ def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
 def _augment(images: Tensor) -> Tensor:
     """Mirror half the batch (a pet is the same either way round) and blur half of it by a
     random amount, so the judge recognises classes in the smooth images a decoder makes
-    and not only in sharp photos."""
+    and not only in sharp photos. The masks are drawn on the images' device (on the CPU,
+    the same draws as ever); the blur's sigma is drawn on the CPU (a number, not a sync)."""
     images = to_signed_unit(images) if images.dtype == torch.uint8 else images
-    flip = (torch.rand(len(images)) < 0.5).view(-1, 1, 1, 1)
+    flip = (torch.rand(len(images), device=images.device) < 0.5).view(-1, 1, 1, 1)
     images = torch.where(flip, images.flip(-1), images)
-    blur = (torch.rand(len(images)) < 0.5).view(-1, 1, 1, 1)
+    blur = (torch.rand(len(images), device=images.device) < 0.5).view(-1, 1, 1, 1)
     sigma = float(torch.empty(()).uniform_(0.5, 2.5))
     return torch.where(blur, gaussian_blur(images, sigma), images)
 
@@ -122,13 +130,14 @@ def _classification_loss(model: ImageClassifier, batch: tuple[Tensor, ...]) -> d
 
 def train_classifier(train_set: ImageDataset, val_set: ImageDataset | None = None, *, epochs: int = 15,
                      batch_size: int = 64, lr: float = 1e-3, width: int = 32, seed: int = 0,
-                     progress: bool = True) -> tuple[ImageClassifier, list[dict]]:
+                     progress: bool = True,
+                     runtime: Runtime | str | torch.device | None = None) -> tuple[ImageClassifier, list[dict]]:
     """Fit a classifier on ``train_set`` for a fixed number of epochs (no early stopping on
     ``val_set``, so its validation accuracy stays an unbiased estimate).
 
     Adam with a cosine learning-rate schedule, mirrored and blurred training images, then
-    ``recalibrate_batch_norm`` on the training images. Returns the model in eval mode and
-    the history, one dict per epoch. (No example: it trains a network.)
+    ``recalibrate_batch_norm`` on the training images. Returns the model in eval mode, on
+    the runtime's device, and the history, one dict per epoch. (No example: it trains a network.)
 
     Args:
         train_set: the real training images and labels.
@@ -139,17 +148,25 @@ def train_classifier(train_set: ImageDataset, val_set: ImageDataset | None = Non
         width: channels of the classifier's first stage.
         seed: seeds the initialization and the shuffling.
         progress: show progress bars.
+        runtime: where to train: a ``Runtime``, or a device (``"auto"``, ``"cpu"``, ``"cuda"``,
+            ``"cuda:N"``, ``"mps"``); default the CPU. The weights are initialized on the CPU
+            (the same start on every device), then moved; the images are placed with
+            ``Runtime.place``.
     """
+    runtime = as_runtime(runtime if runtime is not None else "cpu")
     torch.manual_seed(seed)
-    model = ImageClassifier(train_set.num_classes, width)
+    model = ImageClassifier(train_set.num_classes, width).to(runtime.device)
     optimizer = adam(model.parameters(), lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)  # a calm last epoch
-    trainer = Trainer(model, optimizer, _classification_loss, stage="classifier", progress=progress,
+    trainer = Trainer(model, optimizer, _classification_loss, runtime=runtime, stage="classifier", progress=progress,
                       callbacks=[StepSchedule(schedule)])
-    val = Batches([val_set.images, val_set.labels], 512) if val_set is not None and len(val_set) else None
-    train_batches = Batches([train_set.images, train_set.labels], batch_size, shuffle=True, seed=seed, drop_last=True)
+    val = None
+    if val_set is not None and len(val_set):
+        val = Batches(runtime.place([val_set.images, val_set.labels]), 512)
+    train_images, train_labels = runtime.place([train_set.images, train_set.labels])
+    train_batches = Batches([train_images, train_labels], batch_size, shuffle=True, seed=seed, drop_last=True)
     history = trainer.fit(train_batches, epochs, val)
-    recalibrate_batch_norm(model, train_set.images)
+    recalibrate_batch_norm(model, train_images)
     if val is not None:
         history[-1].val = trainer.evaluate(val)  # with the recalibrated statistics
     model.eval()
@@ -167,7 +184,8 @@ def recalibrate_batch_norm(model: nn.Module, images: Tensor, batch_size: int = 2
 
     Args:
         model: a module with batch norm layers (without any, nothing happens).
-        images: the inputs to compute the statistics on.
+        images: the inputs to compute the statistics on; each batch is moved to the device
+            of the model's batch norm statistics.
         batch_size: how many inputs go through the model at once.
 
     Example:
@@ -181,12 +199,13 @@ def recalibrate_batch_norm(model: nn.Module, images: Tensor, batch_size: int = 2
     if not norms:
         return
     momenta = [m.momentum for m in norms]
+    device = norms[0].running_mean.device if norms[0].running_mean is not None else images.device
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the batches below
     model.train()
     for i in range(0, len(images), batch_size):
-        model(images[i : i + batch_size])
+        model(images[i : i + batch_size].to(device))
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
     model.eval()

@@ -464,6 +464,20 @@ class ImageNetYardstick:
         """
         return cls(load_efficientnet_lite(variant, cache_dir), batch_size, device)
 
+    def to(self, device: str | torch.device) -> ImageNetYardstick:
+        """Run on ``device`` from now on (the network moves there); returns the yardstick.
+
+        Args:
+            device: a ``torch.device`` or its name, e.g. ``"cuda:1"``.
+
+        Example:
+            >>> ImageNetYardstick(EfficientNetLite(0)).to("cpu").device
+            device(type='cpu')
+        """
+        self.device = torch.device(device)
+        self.network.to(self.device)
+        return self
+
     @property
     def name(self) -> str:
         """The network's name for reports, e.g. ``efficientnet-lite0``."""

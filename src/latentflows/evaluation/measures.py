@@ -2,12 +2,18 @@
 
 Pixel distances are root-mean-square differences per pixel with values in [0, 1], so
 0 means identical images and 1 means black against white everywhere.
+
+The heavy image measures take a ``device`` to compute on (default: where their inputs
+are) and return plain floats or CPU tensors. Sums and distances defined in float64 stay in
+float64: on Apple's MPS, which has none, those steps run on the CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -19,8 +25,25 @@ from ..autoencoder import to_signed_unit
 from ..losses import to_bits_per_dim
 
 
+def _float64_device(device: torch.device) -> torch.device:
+    """Where float64 work on ``device`` runs: there, or on the CPU for MPS (no float64)."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
+@contextlib.contextmanager
+def _full_float32() -> Iterator[None]:
+    """float32 matrix products in full float32 for the block (not TF32, which a CUDA runtime allows)."""
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
 @torch.no_grad()
-def reconstruction_quality(originals: Tensor, reconstructions: Tensor, batch_size: int = 256) -> dict[str, float]:
+def reconstruction_quality(originals: Tensor, reconstructions: Tensor, batch_size: int = 256,
+                           device: str | torch.device | None = None) -> dict[str, float]:
     """MSE on the [-1, 1] scale the autoencoder trains on; PSNR (dB, mean over images) and
     SSIM on [0, 1] pixels.
 
@@ -31,6 +54,7 @@ def reconstruction_quality(originals: Tensor, reconstructions: Tensor, batch_siz
         originals: uint8 images ``(N, 3, H, W)``.
         reconstructions: uint8 images of the same shape.
         batch_size: images compared at once.
+        device: where to compare them (each batch is moved there); default where ``originals`` are.
 
     References:
         Wang, Bovik, Sheikh, Simoncelli, "Image Quality Assessment: From Error Visibility to
@@ -43,11 +67,12 @@ def reconstruction_quality(originals: Tensor, reconstructions: Tensor, batch_siz
         >>> {k: round(v, 2) for k, v in reconstruction_quality(originals, grey).items()}
         {'mse': 0.16, 'psnr_db': 13.98, 'ssim': 0.0}
     """
-    psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))  # per image, then averaged
-    ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+    device = originals.device if device is None else torch.device(device)
+    psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)).to(device)  # per image, then averaged
+    ssim = StructuralSimilarityIndexMeasure(data_range=1.0).to(device)
     squared, count = 0.0, 0
     for i in range(0, len(originals), batch_size):
-        real, fake = originals[i : i + batch_size], reconstructions[i : i + batch_size]
+        real, fake = originals[i : i + batch_size].to(device), reconstructions[i : i + batch_size].to(device)
         squared += float((to_signed_unit(real) - to_signed_unit(fake)).square().sum())
         count += real.numel()
         psnr.update(fake.float() / 255, real.float() / 255)
@@ -228,12 +253,14 @@ def _flat(images: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def mean_pairwise_distance(images: Tensor, batch_size: int = 512) -> float:
+def mean_pairwise_distance(images: Tensor, batch_size: int = 512, device: str | torch.device | None = None) -> float:
     """Mean pixel distance over all pairs of different images: how varied a set is.
 
     Args:
         images: uint8 images, at least 2.
         batch_size: rows of the distance matrix computed at once.
+        device: where to compute the (float64) distances; default where ``images`` are
+            (MPS: the CPU).
 
     Example:
         >>> import torch
@@ -243,7 +270,8 @@ def mean_pairwise_distance(images: Tensor, batch_size: int = 512) -> float:
     """
     if len(images) < 2:
         raise ValueError("diversity needs at least 2 images")
-    flat = _flat(images).double()
+    device = _float64_device(images.device if device is None else torch.device(device))
+    flat = _flat(images.to(device)).double()
     total = 0.0
     for i in range(0, len(flat), batch_size):
         total += float(torch.cdist(flat[i : i + batch_size], flat).sum())
@@ -252,17 +280,20 @@ def mean_pairwise_distance(images: Tensor, batch_size: int = 512) -> float:
 
 
 @torch.no_grad()
-def nearest_neighbours(queries: Tensor, references: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+def nearest_neighbours(queries: Tensor, references: Tensor, batch_size: int = 256,
+                       device: str | torch.device | None = None) -> tuple[Tensor, Tensor]:
     """For each query image, the pixel distance to its nearest reference image and its index.
 
-    The search runs in float32 matrix products (fast, a quarter of double's memory); the
-    distance to the neighbour found is then recomputed exactly, so a copy scores 0.
-    Used to tell whether generated images copy training images.
+    The search runs in float32 matrix products (fast, a quarter of double's memory; full
+    float32 on CUDA too, not TF32); the distance to the neighbour found is then recomputed
+    exactly, so a copy scores 0. Used to tell whether generated images copy training images.
 
     Args:
         queries: uint8 images to look up.
         references: uint8 images to search (e.g. the training set).
         batch_size: queries searched at once.
+        device: where to search (the references are copied there once); default where
+            ``references`` are. The distances and indices come back on the CPU.
 
     Example:
         >>> import torch
@@ -273,14 +304,17 @@ def nearest_neighbours(queries: Tensor, references: Tensor, batch_size: int = 25
     """
     if len(references) == 0:
         raise ValueError("no reference images to search")
-    flat_references = _flat(references)
+    device = references.device if device is None else torch.device(device)
+    exact = _float64_device(device)
+    flat_references = _flat(references.to(device))
     distances, indices = [], []
     for i in range(0, len(queries), batch_size):
-        flat_queries = _flat(queries[i : i + batch_size])
-        nearest = torch.cdist(flat_queries, flat_references).argmin(1)
-        distances.append((flat_queries.double() - flat_references[nearest].double()).norm(dim=1))
+        flat_queries = _flat(queries[i : i + batch_size].to(device))
+        with _full_float32():
+            nearest = torch.cdist(flat_queries, flat_references).argmin(1)
+        distances.append((flat_queries.to(exact).double() - flat_references[nearest].to(exact).double()).norm(dim=1))
         indices.append(nearest)
-    return torch.cat(distances).float() / math.sqrt(flat_references.shape[1]), torch.cat(indices)
+    return (torch.cat(distances).float() / math.sqrt(flat_references.shape[1])).cpu(), torch.cat(indices).cpu()
 
 
 def distance_summary(distances: Tensor) -> dict[str, float]:

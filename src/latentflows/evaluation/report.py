@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from torch import nn
 
 from .._version import __version__
 from ..data import ImageDataset
 from ..errors import LatentflowsError, ModelFileError
 from ..pipeline import LatentFlowPipeline
+from ..runtime import Runtime, as_runtime
 from ..storage import read_json
 from . import measures
 from .classifier import ImageClassifier, train_classifier
@@ -33,8 +35,28 @@ def _log(progress: bool, message: str) -> None:
 
 
 @torch.no_grad()
-def image_features(extractor: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int = 50) -> torch.Tensor:
-    return torch.cat([extractor(images[i : i + batch_size]).double() for i in range(0, len(images), batch_size)])
+def image_features(extractor: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int = 50,
+                   device: str | torch.device | None = None) -> torch.Tensor:
+    """The features of ``images``, computed by batches, as float64 on the CPU (where the
+    FID/KID statistics are computed).
+
+    Args:
+        extractor: images -> features ``(n, D)``, e.g. ``FIDInceptionV3`` or ``ImageClassifier.embed``.
+        images: the images (uint8, as the extractor takes them).
+        batch_size: images per call of ``extractor``.
+        device: where each batch is moved before the call (the extractor's device); None
+            leaves the batches where ``images`` are.
+
+    Example:
+        >>> import torch
+        >>> image_features(lambda x: x.float().mean((2, 3)), torch.zeros(3, 3, 4, 4, dtype=torch.uint8), 2).dtype
+        torch.float64
+    """
+    parts = []
+    for i in range(0, len(images), batch_size):
+        batch = images[i : i + batch_size]
+        parts.append(extractor(batch if device is None else batch.to(device)))
+    return torch.cat(parts).cpu().double()  # float32 -> float64 is exact: the same numbers on any device
 
 
 def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: ImageDataset, *,
@@ -43,7 +65,7 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
              no_features_reason: str = "no feature extractor given",
              classifier: ImageClassifier | None = None, classifier_epochs: int = 12,
              yardsticks: Sequence[Any] = (), no_yardstick_reason: str = "no ImageNet network given",
-             progress: bool = True) -> tuple[dict, dict]:
+             progress: bool = True, runtime: Runtime | None = None) -> tuple[dict, dict]:
     """All figures, and the artefacts behind them (samples, neighbours, the classifier).
 
     ``samples_per_class`` defaults to the number of validation images of each class, so
@@ -51,24 +73,58 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
     reported as unavailable, with ``no_features_reason``. Each ImageNet ``yardsticks``
     entry (``ImageNetYardstick``) adds Fréchet distance and KID in its features and, for
     cats and dogs, the share of images ImageNet's own classes call the requested species.
+
+    The networks run on the runtime's device (the data sets may stay on the CPU: batches
+    are moved there); every figure comes back to the CPU as a plain number. Feature
+    statistics (FID/KID), the latent probe and the Gaussian baseline are computed on the
+    CPU in float64. (No example: it trains a classifier.)
+
+    Args:
+        pipeline: the trained pipeline to evaluate.
+        train_set: the run's training split (the judge trains on it; memorisation searches it).
+        val_set: the run's validation split.
+        samples_per_class: images generated per class; default the validation count of each class.
+        seed: seeds the samples (class ``c`` uses ``seed + c``) and KID's subsets.
+        temperature: the flow's sampling temperature.
+        feature_extractor: the FID network (e.g. ``FIDInceptionV3``), or None.
+        no_features_reason: why FID/KID are unavailable when there is no extractor.
+        classifier: a trained judge (``ImageClassifier``); None trains one on ``train_set``.
+        classifier_epochs: epochs of that training.
+        yardsticks: ImageNet networks to measure with (``ImageNetYardstick``).
+        no_yardstick_reason: why the ImageNet figures are unavailable when there are none.
+        progress: print each step to stderr and show training progress.
+        runtime: the device (and precision of the judge's training) to compute on; default
+            a ``Runtime`` on the pipeline's device. The pipeline, the classifier, a feature
+            extractor that is an ``nn.Module`` and the yardsticks are moved to its device.
     """
     if list(train_set.class_names) != list(pipeline.class_names):
         raise LatentflowsError(f"the data's classes {train_set.class_names} are not the model's "
                                f"{pipeline.class_names}; evaluate on the data the run was trained on")
     if len(val_set) < 2:
         raise LatentflowsError("the validation split has fewer than 2 images; evaluate on more data")
+    runtime = runtime if runtime is not None else Runtime(pipeline.device)
+    device = runtime.device
+    pipeline.to(device)
+    if isinstance(feature_extractor, nn.Module):
+        feature_extractor.to(device)
+    for yardstick in yardsticks:
+        if hasattr(yardstick, "to"):
+            yardstick.to(device)
+    if classifier is not None:
+        classifier.to(device)
     started = time.perf_counter()
     names = pipeline.class_names
     val_counts = [int((val_set.labels == c).sum()) for c in range(len(names))]
     report: dict = {"format": EVAL_FORMAT, "format_version": 1, "latentflows_version": __version__,
                     "settings": {"seed": seed, "temperature": temperature, "samples_per_class": samples_per_class,
-                                 "train_images": len(train_set), "val_images": len(val_set)}}
+                                 "train_images": len(train_set), "val_images": len(val_set),
+                                 "device": str(device)}}
 
     _log(progress, "evaluate: autoencoder reconstructions")
     reconstructions = pipeline.reconstruct(val_set.images)
     report["autoencoder"] = {
-        "val": measures.reconstruction_quality(val_set.images, reconstructions),
-        "train": measures.reconstruction_quality(train_set.images, pipeline.reconstruct(train_set.images)),
+        "val": measures.reconstruction_quality(val_set.images, reconstructions, device=device),
+        "train": measures.reconstruction_quality(train_set.images, pipeline.reconstruct(train_set.images), device=device),
     }
 
     # where class is lost: in the encoder (a low probe) or the decoder (a low judge, below)
@@ -105,7 +161,7 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
         report["fid"] = {"available": False, "reason": no_features_reason}
     else:
         _log(progress, "evaluate: Inception features for FID/KID")
-        report["fid"] = {"available": True, **_distances(feature_extractor, val_set, samples, seed)}
+        report["fid"] = {"available": True, **_distances(feature_extractor, val_set, samples, seed, device)}
 
     if yardsticks:
         report["imagenet"] = {"available": True}
@@ -121,7 +177,7 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
         classifier_started = time.perf_counter()
         # seeded by the run, not by the sampling --seed: one run, one judge
         classifier, _ = train_classifier(train_set, val_set, epochs=classifier_epochs,
-                                         seed=int(pipeline.config.get("seed", 0)), progress=progress)
+                                         seed=int(pipeline.config.get("seed", 0)), progress=progress, runtime=runtime)
         classifier_seconds = time.perf_counter() - classifier_started
     classifier.eval()
     report["classifier"] = _conditional_fidelity(classifier, val_set, reconstructions, samples, names)
@@ -130,7 +186,7 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
         report["classifier"]["train_seconds"] = round(classifier_seconds, 1)
     # FID's recipe in the judge's own features: available offline, comparable between runs
     # that share a judge (same data, split and seed), not with published FIDs
-    report["judge_fd"] = _distances(classifier.embed, val_set, samples, seed)
+    report["judge_fd"] = _distances(classifier.embed, val_set, samples, seed, device)
 
     _log(progress, "evaluate: diversity and nearest training images")
     diversity, memorisation, neighbours = {}, {}, []
@@ -139,15 +195,16 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
         real, decoded_images = val_set.images[chosen], reconstructions[chosen]
         if name not in samples or len(samples[name]) < 2 or len(real) < 2:
             continue
-        generated = measures.mean_pairwise_distance(samples[name])
-        decoded = measures.mean_pairwise_distance(decoded_images)
+        generated = measures.mean_pairwise_distance(samples[name], device=device)
+        decoded = measures.mean_pairwise_distance(decoded_images, device=device)
         diversity[name] = {"generated": generated, "val_reconstruction": decoded,
-                           "real": measures.mean_pairwise_distance(real), "ratio": _ratio(generated, decoded)}
+                           "real": measures.mean_pairwise_distance(real, device=device),
+                           "ratio": _ratio(generated, decoded)}
         # Decoded images are smoother than photos, so the like-for-like reference for the
         # samples is the decoded validation images: ratio << 1 means copies of training images.
         # One search for all three sets: the training images are flattened once.
         all_distances, all_index = measures.nearest_neighbours(
-            torch.cat([samples[name], real, decoded_images]), train_set.images)
+            torch.cat([samples[name], real, decoded_images]), train_set.images, device=device)
         distances, real_distances, decoded_distances = all_distances.split(
             [len(samples[name]), len(real), len(decoded_images)])
         index = all_index[: len(samples[name])]
@@ -166,10 +223,12 @@ def _ratio(value: float, reference: float) -> float | None:
     return value / reference if reference > 0 else None  # e.g. a decoder that ignores its input
 
 
-def _distances(extractor: Callable[[torch.Tensor], torch.Tensor], val_set: ImageDataset, samples: dict, seed: int) -> dict:
-    """FID/KID-style distances between validation images and samples, per class and overall."""
-    real = image_features(extractor, val_set.images)
-    fake = {name: image_features(extractor, images) for name, images in samples.items()}
+def _distances(extractor: Callable[[torch.Tensor], torch.Tensor], val_set: ImageDataset, samples: dict, seed: int,
+               device: torch.device | None = None) -> dict:
+    """FID/KID-style distances between validation images and samples, per class and overall
+    (features extracted on ``device``, compared on the CPU)."""
+    real = image_features(extractor, val_set.images, device=device)
+    fake = {name: image_features(extractor, images, device=device) for name, images in samples.items()}
     return _feature_distances(real, fake, val_set, seed)
 
 
@@ -367,7 +426,8 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
                  overwrite: bool = False, fid_weights: str | Path | None = None, fid: bool = True,
                  download: bool = True, samples_per_class: int | None = None, seed: int = 0,
                  temperature: float = 1.0, classifier_epochs: int = 12, judge: str | Path | None = None,
-                 imagenet: Sequence[int] = (0, 2), progress: bool = True) -> dict:
+                 imagenet: Sequence[int] = (0, 2), progress: bool = True,
+                 device: str | torch.device | Runtime = "auto") -> dict:
     """Evaluate a run folder on its own split; write ``eval.json`` and ``eval-nearest.png``.
 
     The judge classifier is trained once and kept in ``RUN/classifier/``, so later
@@ -375,6 +435,27 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
     (e.g. ``runs/a/classifier``) to judge this run by, so that runs on the same data and
     split are compared by one judge. ``imagenet`` lists the EfficientNet-Lite variants to
     measure with (none: skip; a missing ``latentflows[eval]`` install is reported, not fatal).
+    (No example: it trains a classifier.)
+
+    Args:
+        run_dir: the run folder.
+        source: the data, where it is no longer where ``run.json`` says.
+        out: the report file (``.json``); default ``RUN/eval.json``.
+        overwrite: replace an existing report and figure.
+        fid_weights: the Inception weights file for FID/KID (default: cache, then download).
+        fid: compute FID/KID at all.
+        download: allow downloading the Inception weights.
+        samples_per_class: images generated per class; default the validation count of each class.
+        seed: seeds the samples and KID's subsets.
+        temperature: the flow's sampling temperature.
+        classifier_epochs: epochs of the judge's training, when it is trained here.
+        judge: another run's classifier folder to judge by.
+        imagenet: the EfficientNet-Lite variants to measure with.
+        progress: print each step to stderr.
+        device: where to compute: ``"auto"`` (CUDA, then MPS, then the CPU), ``"cpu"``,
+            ``"cuda"``, ``"cuda:N"``, ``"mps"``, a ``torch.device`` or a ``Runtime``. The
+            pipeline and the networks are loaded there; the work runs in the runtime's
+            ``session()``; the judge is saved as CPU tensors.
     """
     from ..pipeline import load
     from ..plots import nearest_neighbour_grid
@@ -383,6 +464,7 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
     from ..storage import write_json
     from .inception import load_inception
 
+    runtime = as_runtime(device)
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "eval.json"
     figure = out.with_name(out.stem + "-nearest.png")
@@ -391,51 +473,55 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
     for path in (out, figure):
         if path.exists() and not overwrite:
             raise LatentflowsError(f"{path} already exists; pass --overwrite to replace it or --out to write elsewhere")
-    pipeline = load(run_dir)
-    extractor, fid_source = (None, "turned off (--no-fid)")
-    if fid:  # before the slow steps: a bad --fid-weights path fails now
-        extractor, fid_source = load_inception(fid_weights, download)
-    yardsticks, yardstick_reason = _load_yardsticks(imagenet)
-    run = RunFolder(run_dir)
-    config = run.config()
-    dataset = run.dataset(source, progress=progress)
-    train_set, val_set = run_split(dataset, config)
-    classifier_dir = Path(judge) if judge is not None else run_dir / CLASSIFIER_DIR
-    if judge is not None and not (classifier_dir / "model.json").is_file():
-        raise ModelFileError(f"{classifier_dir}: no judge classifier there (expected RUN/classifier of an "
-                             f"evaluated run)")
-    classifier = None
-    if (classifier_dir / "model.json").exists():
-        classifier, _ = load_model(classifier_dir)
-        if not isinstance(classifier, ImageClassifier) or classifier.num_classes != len(pipeline.class_names):
-            raise ModelFileError(f"{classifier_dir}: not a classifier for this run's {len(pipeline.class_names)} "
-                                 f"classes; remove it and evaluate again to train a new one")
-    report, artefacts = evaluate(pipeline, train_set, val_set, samples_per_class=samples_per_class, seed=seed,
-                                 temperature=temperature, feature_extractor=extractor, no_features_reason=fid_source,
-                                 classifier=classifier, classifier_epochs=classifier_epochs, yardsticks=yardsticks,
-                                 no_yardstick_reason=yardstick_reason, progress=progress)
-    if classifier is None:
-        save_model(classifier_dir, artefacts["classifier"])
-    report["run"] = str(run_dir)
-    report["classifier"]["judge"] = str(classifier_dir)
-    report["data"] = {"source": source or "as in run.json", "split_seed": config.seed,
-                      "val_fraction": config.val_fraction}
-    if extractor is not None:
-        report["fid"]["weights"] = fid_source
-    if artefacts["neighbours"]:
-        nearest_neighbour_grid(artefacts["neighbours"], figure)
-        report["memorisation_figure"] = str(figure)
-    write_json(out, report)
-    return report
+    with runtime.session():
+        pipeline = load(run_dir, device=runtime.device)
+        extractor, fid_source = (None, "turned off (--no-fid)")
+        if fid:  # before the slow steps: a bad --fid-weights path fails now
+            extractor, fid_source = load_inception(fid_weights, download)
+            if extractor is not None:
+                extractor.to(runtime.device)
+        yardsticks, yardstick_reason = _load_yardsticks(imagenet, runtime.device)
+        run = RunFolder(run_dir)
+        config = run.config()
+        dataset = run.dataset(source, progress=progress)
+        train_set, val_set = run_split(dataset, config)
+        classifier_dir = Path(judge) if judge is not None else run_dir / CLASSIFIER_DIR
+        if judge is not None and not (classifier_dir / "model.json").is_file():
+            raise ModelFileError(f"{classifier_dir}: no judge classifier there (expected RUN/classifier of an "
+                                 f"evaluated run)")
+        classifier = None
+        if (classifier_dir / "model.json").exists():
+            classifier, _ = load_model(classifier_dir)
+            if not isinstance(classifier, ImageClassifier) or classifier.num_classes != len(pipeline.class_names):
+                raise ModelFileError(f"{classifier_dir}: not a classifier for this run's {len(pipeline.class_names)} "
+                                     f"classes; remove it and evaluate again to train a new one")
+            classifier.to(runtime.device)
+        report, artefacts = evaluate(pipeline, train_set, val_set, samples_per_class=samples_per_class, seed=seed,
+                                     temperature=temperature, feature_extractor=extractor, no_features_reason=fid_source,
+                                     classifier=classifier, classifier_epochs=classifier_epochs, yardsticks=yardsticks,
+                                     no_yardstick_reason=yardstick_reason, progress=progress, runtime=runtime)
+        if classifier is None:
+            save_model(classifier_dir, artefacts["classifier"])  # safetensors: written as CPU tensors
+        report["run"] = str(run_dir)
+        report["classifier"]["judge"] = str(classifier_dir)
+        report["data"] = {"source": source or "as in run.json", "split_seed": config.seed,
+                          "val_fraction": config.val_fraction}
+        if extractor is not None:
+            report["fid"]["weights"] = fid_source
+        if artefacts["neighbours"]:
+            nearest_neighbour_grid(artefacts["neighbours"], figure)
+            report["memorisation_figure"] = str(figure)
+        write_json(out, report)
+        return report
 
 
-def _load_yardsticks(variants: Sequence[int]) -> tuple[list, str]:
-    """The ImageNet networks to measure with, or none and why."""
+def _load_yardsticks(variants: Sequence[int], device: torch.device | None = None) -> tuple[list, str]:
+    """The ImageNet networks to measure with (on ``device``), or none and why."""
     if not variants:
         return [], "turned off (--imagenet none)"
     from .efficientnet import ImageNetYardstick
 
     try:
-        return [ImageNetYardstick.load(int(variant)) for variant in variants], ""
+        return [ImageNetYardstick.load(int(variant), device=device) for variant in variants], ""
     except LatentflowsError as error:
         return [], str(error)

@@ -61,7 +61,7 @@ class StandardNormal(BaseDistribution):
         self.register_buffer("_reference", torch.zeros(()), persistent=False)  # follows .to(device/dtype)
 
     def log_prob(self, z: Tensor) -> Tensor:
-        return -0.5 * (z.pow(2).sum(-1) + z.shape[-1] * torch.log(torch.tensor(2 * math.pi, dtype=z.dtype)))
+        return -0.5 * (z.pow(2).sum(-1) + z.shape[-1] * math.log(2 * math.pi))
 
     def sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
                temperature: float = 1.0) -> Tensor:

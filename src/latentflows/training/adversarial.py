@@ -164,16 +164,15 @@ class Adversarial(Term):
         self.augment, self.adaptive = augment, adaptive
         self.discriminator = PatchDiscriminator(width, layers)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # saved in checkpoints
-        self._steps: int | None = None  # its value on the host: read once, not synced every step
+        self._steps = 0  # its value on the host, kept alongside: a step never reads the device's
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args)
-        self._steps = None  # a resumed count: read it again
+        if prefix + "steps" in state_dict:  # a resumed count, read from the loaded (host) tensor
+            self._steps = int(state_dict[prefix + "steps"])
 
     def forward(self, outputs: dict[str, Any]) -> dict[str, Tensor]:
         real, fake = outputs["images"], outputs["reconstruction"]
-        if self._steps is None:
-            self._steps = int(self.steps)
         if self.training:
             self.steps += 1
             self._steps += 1

@@ -18,7 +18,7 @@ from ..data import ImageDataset
 from ..errors import LatentflowsError
 from ..pipeline import LatentFlowPipeline
 from ..runs import RunFolder, run_split
-from ..runtime import Runtime
+from ..runtime import Runtime, as_runtime
 from .callbacks import Checkpoint, EarlyStopping, JsonlLogger, read_checkpoint
 from .stages import StageContext
 from .trainer import Trainer
@@ -27,7 +27,8 @@ from .trainer import Trainer
 def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None = None, *,
           overwrite: bool = False, progress: bool = True, figures: bool = True, resume: bool = False,
           data_spec: dict[str, Any] | None = None, checkpoint_every: int = 1,
-          runtime: Runtime | None = None) -> LatentFlowPipeline:
+          device: str | torch.device | Runtime = "auto", precision: str = "fp32",
+          deterministic: bool = False) -> LatentFlowPipeline:
     """Train every stage of ``config`` on ``dataset``; with ``run_dir``, write the run folder.
 
     With a run folder, each stage is checkpointed every ``checkpoint_every`` epochs and
@@ -44,14 +45,20 @@ def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None =
         resume: continue the run in ``run_dir`` from its checkpoints.
         data_spec: where the data came from, recorded in ``run.json`` for ``--resume``.
         checkpoint_every: epochs between checkpoints.
-        runtime: device and precision (default: the CPU, fp32).
+        device: ``"auto"`` (a GPU when there is one), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``,
+            or a ``Runtime`` (which then also gives the precision and determinism).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast for the autoencoder; the flow
+            trains in fp32).
+        deterministic: deterministic kernels only (see ``Runtime.session``).
+
+    The returned pipeline is on the device it was trained on.
     """
     if dataset.num_classes < 1:
         raise LatentflowsError("the data has no classes")
     if dataset.image_size != config.image_size:
         raise LatentflowsError(f"images are {dataset.image_size}px but the config expects {config.image_size}px")
     config.validate(classes=dataset.num_classes)
-    runtime = runtime or Runtime("cpu")
+    runtime = as_runtime(device, precision, deterministic)
     run = RunFolder(run_dir).prepare(overwrite, resume) if run_dir is not None else None
     stages = config.stages()
     logger = []
@@ -62,7 +69,17 @@ def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None =
         else:
             run.write_settings(config, data_spec)
         logger = [JsonlLogger(run.metrics_file)]
+    with runtime.session():
+        return _train_stages(dataset, config, run, stages, logger, runtime, resume, progress, figures,
+                             checkpoint_every)
+
+
+def _train_stages(dataset: ImageDataset, config: RunConfig, run: RunFolder | None, stages: list, logger: list,
+                  runtime: Runtime, resume: bool, progress: bool, figures: bool,
+                  checkpoint_every: int) -> LatentFlowPipeline:
     torch.manual_seed(config.seed)
+    if runtime.device.type == "cuda":
+        torch.cuda.manual_seed_all(config.seed)
     train_set, val_set = run_split(dataset, config)
     context = StageContext(train_set, val_set, runtime, seed=config.seed, image_size=config.image_size)
     started = time.perf_counter()

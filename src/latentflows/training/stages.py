@@ -52,7 +52,8 @@ class StageContext:
         return list(self.train_set.class_names)
 
     def one_hot(self, labels: Tensor) -> Tensor:
-        return nn.functional.one_hot(labels, len(self.class_names)).float()
+        """Labels -> one-hot class contexts, on the runtime's device."""
+        return nn.functional.one_hot(labels.to(self.runtime.device), len(self.class_names)).float()
 
 
 @dataclass
@@ -244,9 +245,10 @@ class AutoencoderStage(Stage):
         updates = self.updates(autoencoder, objective)
         return StagePlan(
             model=model, updates=updates, loss_fn=_call_model, callbacks=self.schedule_callbacks(updates),
-            train_batches=Batches([train.images, train.labels], self.batch_size, shuffle=True,
-                                  seed=context.seed, drop_last=True),
-            val_batches=Batches([val.images, val.labels], 256), epochs=self.epochs, product=lambda: autoencoder)
+            train_batches=Batches(context.runtime.place([train.images, train.labels]), self.batch_size,
+                                  shuffle=True, seed=context.seed, drop_last=True),
+            val_batches=Batches(context.runtime.place([val.images, val.labels]), 256), epochs=self.epochs,
+            product=lambda: autoencoder)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "flip": self.flip, "latent_noise": self.latent_noise}
@@ -346,12 +348,12 @@ class FlowStage(Stage):
         statistics = Standardize.fit(raw_train)
         flow = self.build_flow(raw_train.shape[1], len(context.class_names), context.seed,
                                statistics.mean, statistics.std).to(context.runtime.device)
-        head = getattr(flow, "head", None) or Standardize(raw_train.shape[1])  # identity for a flow without one
+        # a flow without a head: the identity
+        head = getattr(flow, "head", None) or Standardize(raw_train.shape[1]).to(raw_train.device)
         with torch.no_grad():
             train_x, head_logabsdet = head(raw_train)
             val_x, _ = head(raw_val)
-        fit_leading_layers(getattr(flow, "body", flow.transform), train_x.to(context.runtime.device),
-                           context.one_hot(context.train_set.labels).to(context.runtime.device))
+        fit_leading_layers(getattr(flow, "body", flow.transform), train_x, context.one_hot(context.train_set.labels))
         objective = self.objective().to(context.runtime.device)
         model = FlowTraining(flow, self.noise, objective, head_logabsdet[0])
         updates = self.updates(flow, objective)
@@ -361,9 +363,10 @@ class FlowStage(Stage):
         train, val = context.train_set, context.val_set
         return StagePlan(
             model=model, updates=updates, loss_fn=_call_model,
-            train_batches=Batches([train_x, context.one_hot(train.labels)], self.batch_size, shuffle=True,
-                                  seed=context.seed + 1, drop_last=True),
-            val_batches=Batches([val_x, context.one_hot(val.labels)], 1024), epochs=self.epochs,
+            train_batches=Batches(context.runtime.place([train_x, context.one_hot(train.labels)]), self.batch_size,
+                                  shuffle=True, seed=context.seed + 1, drop_last=True),
+            val_batches=Batches(context.runtime.place([val_x, context.one_hot(val.labels)]), 1024),
+            epochs=self.epochs,
             product=lambda: flow, callbacks=callbacks, autocast=False)  # log-determinants stay in fp32
 
     def get_config(self) -> dict[str, Any]:

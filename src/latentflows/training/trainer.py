@@ -84,6 +84,8 @@ class Batches:
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         order = torch.randperm(self.size, generator=self.generator) if self.shuffle else None
+        if order is not None:  # drawn on the CPU (the same order on every device), moved once per epoch
+            order = order.to(self.tensors[0].device)
         for i in range(len(self)):
             start, stop = i * self.batch_size, min((i + 1) * self.batch_size, self.size)
             if order is None:
@@ -143,11 +145,16 @@ class Trainer:
         refresh_every: steps between status bar refreshes (the only host syncs for display).
         compile: run the forward and backward passes through ``torch.compile``.
         max_nonfinite: stop with ``NonFiniteLossError`` after this many skipped steps in a row.
+        check_every: steps between reading the non-finite count back to the host (default:
+            every step on the CPU, where it is free; every ``refresh_every`` steps on a GPU).
 
     Losses a model adds during its forward pass (``AddsLosses.add_loss``) and its
     regularization loss are added to the main loss and shown under their own names. A
     step whose losses are NaN or infinite is skipped (no update) and counted as
-    ``skipped_steps``.
+    ``skipped_steps``. The skip is decided on the device: optimizers with a fused kernel
+    (``adam`` here) take the flag as ``found_inf``, as they do from a ``GradScaler``, so a
+    GPU step never waits for the host; other optimizers read the flag back each step.
+    With the runtime's fp16 precision, losses are scaled by a ``GradScaler``.
 
     Example:
         >>> import torch
@@ -164,7 +171,7 @@ class Trainer:
                  runtime: Runtime | None = None, autocast: bool = True, metrics: dict[str, Metric] | None = None,
                  stage: str = "train", callbacks: Sequence[Callback] = (), progress: bool = True,
                  grad_clip: float | None = None, refresh_every: int = 10, compile: bool = False,
-                 max_nonfinite: int = 10):
+                 max_nonfinite: int = 10, check_every: int | None = None):
         self.model, self.loss_fn = model, loss_fn
         self.updates = [Update("optimizer", optimizer)] if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer)
         if not self.updates or len({u.name for u in self.updates}) != len(self.updates):
@@ -178,7 +185,12 @@ class Trainer:
             raise ValueError(f"callbacks with saved state need different names, got {names}")
         self.grad_clip, self.refresh_every = grad_clip, refresh_every
         self.max_nonfinite = max_nonfinite
-        self.nonfinite_in_a_row = 0
+        self.check_every = check_every or (1 if self.runtime.syncs_are_free else refresh_every)
+        self.scaler = self.runtime.grad_scaler(autocast)
+        self._nonfinite_run = self.runtime.tensor(0)  # skipped steps in a row, counted on the device
+        self._skipped = self.runtime.tensor(0)  # skipped steps this epoch
+        self._steps = 0
+        self.last_step_finite: Tensor | None = None  # a device flag: whether the last step was applied
         self.train_batches = None
         self.history: list[EpochRecord] = []
         self.stop_training = False
@@ -204,6 +216,11 @@ class Trainer:
             output.update(extra)
         return output, metric_inputs
 
+    @property
+    def nonfinite_in_a_row(self) -> int:
+        """Steps skipped in a row up to now (reads the device's count)."""
+        return int(self._nonfinite_run)
+
     def _forward_backward(self, batch: tuple[Tensor, ...]) -> tuple[dict[str, Tensor], tuple | None]:
         losses, metric_inputs = self.compute_loss(batch)
         several = len(self.updates) > 1
@@ -211,11 +228,10 @@ class Trainer:
             update.optimizer.zero_grad(set_to_none=True)
         active = self._active(losses)
         for i, update in enumerate(active):
+            loss = losses[update.loss]
             # inputs=: each loss reaches only its own update's parameters
-            losses[update.loss].backward(inputs=update.parameters if several else None,
-                                         retain_graph=i < len(active) - 1)
-            if self.grad_clip:
-                nn.utils.clip_grad_norm_(update.parameters, self.grad_clip)
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward(
+                inputs=update.parameters if several else None, retain_graph=i < len(active) - 1)
         return losses, metric_inputs
 
     def _active(self, losses: dict[str, Tensor]) -> list[Update]:
@@ -226,28 +242,63 @@ class Trainer:
             raise KeyError(f"the loss function returned no {self.updates[0].loss!r}; it returned {sorted(losses)}")
         return active
 
-    def train_step(self, batch: tuple[Tensor, ...]) -> dict[str, Tensor] | None:
-        """One step of every update; None when a loss was not finite and the step was skipped."""
+    def train_step(self, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        """One step of every update, and the step's losses (detached).
+
+        A step whose losses are not finite changes no weight (its losses are returned as
+        they were, NaN or infinite) and is counted; ``max_nonfinite`` in a row raise
+        ``NonFiniteLossError`` at the next check (every ``check_every`` steps).
+        """
         losses, metric_inputs = self._step(self.runtime.move(batch))
         active = self._active(losses)
         finite = torch.isfinite(torch.stack([losses[u.loss].detach().float() for u in active])).all()
-        if not finite:  # one host sync per step
-            for update in self.updates:
-                update.optimizer.zero_grad(set_to_none=True)
-            self.nonfinite_in_a_row += 1
-            if self.nonfinite_in_a_row >= self.max_nonfinite:
-                raise NonFiniteLossError(
-                    f"{self.stage}: the loss was NaN or infinite in {self.nonfinite_in_a_row} steps in a row "
-                    f"(epoch {len(self.history) + 1}); stopping. Lower the learning rate or pass --grad-clip")
-            return None
-        self.nonfinite_in_a_row = 0
-        for update in active:
-            update.optimizer.step()
-        apply_constraints(self.model)
-        if metric_inputs is not None:
-            for metric in self.metrics.values():
-                metric.update(*(t.detach() for t in metric_inputs))
+        self._nonfinite_run = torch.where(finite, 0, self._nonfinite_run + 1)
+        self._skipped = self._skipped + (~finite).long()
+        self.last_step_finite = finite
+        on_device = self.scaler is not None or all(_skips_on_device(u.optimizer) for u in active)
+        if on_device and not (self.metrics and metric_inputs is not None):
+            self._apply(active, finite)
+        elif bool(finite):  # an optimizer without a device-side skip (or metrics to guard): one host sync
+            self._apply(active, None)
+            if metric_inputs is not None:
+                for metric in self.metrics.values():
+                    metric.update(*(t.detach() for t in metric_inputs))
+        self._steps += 1
+        if self._steps % self.check_every == 0:
+            self._check_nonfinite()
         return {name: value.detach() for name, value in losses.items()}
+
+    def _apply(self, active: list[Update], finite: Tensor | None) -> None:
+        """Clip and step each update; ``finite`` (a device flag) makes the steps no-ops when false."""
+        if finite is not None and self.scaler is not None:
+            # the scaler skips a step whose gradients are not finite: make them so when a loss is not
+            poison = torch.where(finite, 1.0, float("inf"))
+            for update in active:
+                grads = [p.grad for p in update.parameters if p.grad is not None]
+                if grads:
+                    torch._foreach_mul_(grads, poison)
+        for update in active:
+            if self.grad_clip:
+                if self.scaler is not None:
+                    self.scaler.unscale_(update.optimizer)
+                nn.utils.clip_grad_norm_(update.parameters, self.grad_clip)
+            if self.scaler is not None:
+                self.scaler.step(update.optimizer)
+            elif finite is None:
+                update.optimizer.step()
+            else:
+                _step_unless(update.optimizer, ~finite)
+        if self.scaler is not None:
+            self.scaler.update()
+        apply_constraints(self.model)
+
+    def _check_nonfinite(self) -> None:
+        """Raise when too many steps in a row were skipped (one read from the device)."""
+        in_a_row = self.nonfinite_in_a_row
+        if in_a_row >= self.max_nonfinite:
+            raise NonFiniteLossError(
+                f"{self.stage}: the loss was NaN or infinite in {in_a_row} steps in a row "
+                f"(epoch {len(self.history) + 1}); stopping. Lower the learning rate or pass --grad-clip")
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[tuple[Tensor, ...]]) -> dict[str, float]:
@@ -314,7 +365,7 @@ class Trainer:
         generator = getattr(train_batches, "generator", None)
         if generator is not None and "rng.batches" in tensors:
             generator.set_state(tensors["rng.batches"])
-        self.nonfinite_in_a_row = int(metadata.get("nonfinite_in_a_row", 0))
+        self._nonfinite_run = self.runtime.tensor(int(metadata.get("nonfinite_in_a_row", 0)))
         self.stop_training = metadata.get("stop_training") == "True"
         for callback in self.callbacks:
             if hasattr(callback, "load_state"):
@@ -338,17 +389,16 @@ class Trainer:
                 metric.reset()  # streaming metrics cover one epoch
             bar = tqdm(train_batches, desc=f"{self.stage} {epoch}/{epochs}", leave=False,
                        disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
-            skipped = 0
+            self._skipped = self.runtime.tensor(0)
             for step, batch in enumerate(bar, 1):
                 losses = self.train_step(batch)
-                if losses is None:
-                    skipped += 1
-                    continue
-                self._accumulate(means, losses, len(batch[0]))
+                self._accumulate(means, losses, len(batch[0]), counted=self.last_step_finite)
                 if self.progress and step % self.refresh_every == 0:  # loss values read only here
                     bar.set_postfix({k: f"{v:.4f}" for k, v in _results(means, self.metrics).items()})
             bar.close()
+            self._check_nonfinite()
             train = _results(means, self.metrics)
+            skipped = int(self._skipped)
             if skipped:
                 train["skipped_steps"] = skipped
             val = self.evaluate(val_batches) if val_batches is not None else {}
@@ -366,11 +416,33 @@ class Trainer:
             callback.on_train_end(self)
         return self.history
 
-    def _accumulate(self, means: dict[str, MeanMetric], losses: dict[str, Tensor], n: int) -> None:
+    def _accumulate(self, means: dict[str, MeanMetric], losses: dict[str, Tensor], n: int,
+                    counted: Tensor | None = None) -> None:
+        """Add a batch's losses to the running means (a skipped step, ``counted`` false, adds nothing)."""
+        weight = self.runtime.tensor([float(n)])
+        if counted is not None:
+            weight = weight * counted
         for name, value in losses.items():
             if name not in means:
                 means[name] = self.runtime.metric(MeanMetric())
-            means[name].update(value.detach().reshape(1), self.runtime.tensor([float(n)]))
+            value = value.detach().float().reshape(1)
+            if counted is not None:
+                value = torch.where(counted, value, 0.0)
+            means[name].update(value, weight)
+
+
+def _skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``step`` takes a ``found_inf`` flag (fused Adam, AdamW, SGD; what GradScaler uses)."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+def _step_unless(optimizer: torch.optim.Optimizer, skip: Tensor) -> None:
+    """``optimizer.step()``, a no-op where the device flag ``skip`` is true, without reading it back."""
+    optimizer.grad_scale, optimizer.found_inf = None, skip.float()
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale, optimizer.found_inf
 
 
 def _device_of(model: nn.Module) -> torch.device:
