@@ -3,7 +3,9 @@
 The default is the seed notebook's network: five stride-2 conv blocks (batch norm,
 LeakyReLU 0.2) with widths w, 2w, 4w, 8w, 8w; a fully connected bottleneck with dropout;
 a mirrored transposed-conv decoder with ReLU and a tanh output; N(0, 0.02) weight init.
-``width`` scales every conv layer (compute grows with its square).
+``width`` scales every conv layer (compute grows with its square). ``SpatialAutoencoder``
+keeps an 8x8 latent at any image size (32 to 256 pixels) and is the better choice for
+large images (see the two classes' notes on size).
 """
 
 from __future__ import annotations
@@ -54,9 +56,29 @@ class ConvAutoencoder(nn.Module, Configurable):
     Args:
         embedding_dim: size of the embedding.
         width: channels of the first conv block (then 2w, 4w, 8w, 8w).
-        image_size: input side in pixels, a multiple of 32.
+        image_size: input side in pixels, a multiple of 32 (32, 64, 128 or 256 from the
+            command line).
         fc_dim: width of the fully connected bottleneck layers.
         dropout: dropout in the bottleneck.
+
+    Image size: the network is the same five blocks at every size, so the last block's
+    map is ``S/32`` a side and the dense layers into and out of the bottleneck grow with
+    the pixel count. At the default width 64 and ``fc_dim`` 1024, per image (forward pass;
+    a training step costs about three times as much):
+
+    ========  ==========  ===========================  ================
+    size      compute     weights (of them dense)      last conv map
+    ========  ==========  ===========================  ================
+    32        0.03 GMAC   15.5M (1.6M)                 512 x 1 x 1
+    64        0.12 GMAC   18.6M (4.7M)                 512 x 2 x 2
+    128       0.49 GMAC   31.2M (17.3M)                512 x 4 x 4
+    256       1.96 GMAC   81.6M (67.7M)                512 x 8 x 8
+    ========  ==========  ===========================  ================
+
+    Compute grows with the pixel count (x4 per doubling of the side); at 256 pixels the two
+    dense layers hold 83% of the weights (32768 x 1024 each way: with their gradients and
+    Adam's state, about 1 GB in fp32): it trains, but for large images ``SpatialAutoencoder`` is far
+    lighter. The 64-pixel network is exactly the seed notebook's.
 
     References:
         Radford, Metz, Chintala, "Unsupervised Representation Learning with Deep Convolutional
@@ -158,6 +180,9 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+LATENT_SIDE = 8  # SpatialAutoencoder's latent side with downsample="auto", whatever the image size
+
+
 @register
 class SpatialAutoencoder(nn.Module, Configurable):
     """A convolutional autoencoder whose embedding is a small image: (C, S/f, S/f) flattened.
@@ -173,10 +198,35 @@ class SpatialAutoencoder(nn.Module, Configurable):
     Args:
         embedding_dim: numbers per image; ``channels = embedding_dim / (S/f)^2`` must be whole.
         width: channels after the first halving; each further one doubles them, up to ``4 * width``.
-        image_size: input side in pixels, a multiple of ``downsample``.
-        downsample: the factor f between the image and the latent side (a power of 2).
+        image_size: input side in pixels, a multiple of ``downsample`` (32, 64, 128 or 256
+            from the command line).
+        downsample: the factor f between the image and the latent side (a power of 2), or
+            ``"auto"``: ``image_size // 8``, an 8x8 latent at every size (32 px: 4, 64 px: 8,
+            128 px: 16, 256 px: 32). ``get_config`` saves the resolved number.
         blocks: residual blocks at the latent resolution, in the encoder and in the decoder.
         groups: GroupNorm groups.
+
+    Image size: with ``downsample="auto"`` the embedding keeps its size and layout (8x8
+    positions) at every size; each doubling of the side adds one halving to the encoder
+    and one doubling to the decoder, at ``4 * width`` channels next to the latent, while
+    the layers already there run on four times the pixels. So the weights grow a little
+    and the compute with the pixel count. Per image (forward pass; a training step costs
+    about three times as much), at the presets' settings (embedding_dim 256):
+
+    ========  ==========================  ==========================
+    size      quick (width 32, blocks 1)  best (width 64, blocks 2)
+    ========  ==========================  ==========================
+    32        0.009 GMAC, 0.21M weights   0.05 GMAC, 1.4M weights
+    64        0.05 GMAC, 0.86M weights    0.27 GMAC, 5.8M weights
+    128       0.17 GMAC, 1.27M weights    0.72 GMAC, 7.4M weights
+    256       0.63 GMAC, 1.68M weights    2.5 GMAC, 9.1M weights
+    ========  ==========================  ==========================
+
+    At 32 pixels the latent is reached after two halvings, so the residual blocks run at
+    ``2 * width`` channels (not ``4 * width``): a lighter network. Every 8x8 position
+    stands for an (S/8)-pixel square, so at 256 pixels the same 256 numbers describe 16
+    times as many pixels as at 64: expect blurrier reconstructions unless
+    ``embedding_dim`` grows with the image (a multiple of 64).
 
     References:
         Esser, Rombach, Ommer, "Taming Transformers for High-Resolution Image Synthesis",
@@ -187,16 +237,22 @@ class SpatialAutoencoder(nn.Module, Configurable):
         >>> import torch
         >>> model = SpatialAutoencoder(embedding_dim=64, width=8, image_size=32).eval()
         >>> reconstruction, embedding = model(torch.zeros(2, 3, 32, 32))
-        >>> tuple(reconstruction.shape), tuple(embedding.shape), model.latent_shape
-        ((2, 3, 32, 32), (2, 64), (4, 4, 4))
+        >>> tuple(reconstruction.shape), tuple(embedding.shape), model.latent_shape, model.downsample
+        ((2, 3, 32, 32), (2, 64), (1, 8, 8), 4)
+        >>> SpatialAutoencoder(embedding_dim=64, width=8, image_size=32, downsample=8).latent_shape
+        (4, 4, 4)
     """
 
-    def __init__(self, embedding_dim: int = 256, width: int = 32, image_size: int = 64, downsample: int = 8,
-                 blocks: int = 1, groups: int = 8):
+    def __init__(self, embedding_dim: int = 256, width: int = 32, image_size: int = 64,
+                 downsample: int | str = "auto", blocks: int = 1, groups: int = 8):
         super().__init__()
+        if downsample == "auto":
+            downsample = self.auto_downsample(image_size)
+        if not isinstance(downsample, int) or isinstance(downsample, bool):
+            raise ValueError(f"downsample must be 'auto' or a power of 2 (e.g. 8), got {downsample!r}")
         levels = downsample.bit_length() - 1
         if downsample < 2 or 2 ** levels != downsample:
-            raise ValueError(f"downsample must be a power of 2 (e.g. 8), got {downsample}")
+            raise ValueError(f"downsample must be 'auto' or a power of 2 (e.g. 8), got {downsample}")
         if image_size % downsample:
             raise ValueError(f"image_size must be a multiple of downsample={downsample}, got {image_size}")
         side = image_size // downsample
@@ -226,6 +282,21 @@ class SpatialAutoencoder(nn.Module, Configurable):
         up += [nn.Tanh()]
         self.decoder = nn.Sequential(*up)
         self.to(memory_format=torch.channels_last)
+
+    @staticmethod
+    def auto_downsample(image_size: int) -> int:
+        """The factor that keeps the latent 8x8: ``image_size // 8``, which must be a power of 2.
+
+        Example:
+            >>> [SpatialAutoencoder.auto_downsample(size) for size in (32, 64, 128, 256)]
+            [4, 8, 16, 32]
+        """
+        factor, rest = divmod(image_size, LATENT_SIDE)
+        if rest or factor < 2 or factor & (factor - 1):
+            raise ValueError(f"downsample='auto' keeps an {LATENT_SIDE}x{LATENT_SIDE} latent, so image_size must be "
+                             f"{LATENT_SIDE} times a power of 2 (32, 64, 128 or 256), got {image_size}; "
+                             f"or give downsample explicitly")
+        return factor
 
     @property
     def last_layer(self) -> Tensor:

@@ -239,6 +239,29 @@ def sizes(text: Any) -> list[int]:
     return values
 
 
+IMAGE_SIZES = (32, 64, 128, 256)
+
+
+def image_side(text: Any) -> int:
+    """An image side the command line offers: 32, 64, 128 or 256 pixels.
+
+    Example:
+        >>> image_side("128")
+        128
+        >>> image_side(100)
+        Traceback (most recent call last):
+        ...
+        ValueError: choose 32, 64, 128 or 256 pixels, got 100
+    """
+    try:
+        value = integer(text)
+    except ValueError:
+        value = None
+    if value not in IMAGE_SIZES:
+        raise ValueError(f"choose {', '.join(map(str, IMAGE_SIZES[:-1]))} or {IMAGE_SIZES[-1]} pixels, got {text!r}")
+    return value
+
+
 def on_off(text: Any) -> bool:
     if isinstance(text, bool):
         return text
@@ -314,6 +337,9 @@ class Option:
 OPTIONS: dict[str, Option] = {
     "seed": Option("seed", integer, "random seed: same seed, same weights and samples on CPU"),
     "val-fraction": Option("val_fraction", fraction, "share of each class held out for validation"),
+    "image-size": Option("image_size", image_side,
+                         "image side in pixels: 32, 64, 128 or 256 (default 64); images are centre-cropped and "
+                         "resized to it (the embedded pets are 64 px)"),
     "embedding-dim": Option(f"{AE_MODEL}.embedding_dim", positive_int,
                             "autoencoder embedding size (e.g. 128, 256, 512)"),
     "width": Option(f"{AE_MODEL}.width", positive_int, "autoencoder base width (64 = the notebook's)"),
