@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .config import OPTIONS, PRESETS, integer, parse_set, positive_float, positive_int
 from .errors import LatentflowsError
-from .runtime import DEVICE_HELP, PRECISIONS, Runtime
+from .runtime import DEVICE_HELP, PRECISIONS, Runtime, as_runtime
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import RunConfig
@@ -155,7 +155,7 @@ def _device_options(parser: argparse.ArgumentParser, training: bool = False) -> 
 def _runtime(args: argparse.Namespace) -> Runtime:
     """The runtime the options ask for; a device that is not there is a one-line error."""
     try:
-        return Runtime(args.device, getattr(args, "precision", "fp32"), getattr(args, "deterministic", False))
+        return as_runtime(args.device, getattr(args, "precision", "fp32"), getattr(args, "deterministic", False))
     except ValueError as error:
         raise LatentflowsError(f"--device {args.device}: {error}") from None
 
@@ -177,7 +177,7 @@ def run_train(args: argparse.Namespace) -> None:
     from .runs import RunFolder, apply_limit
 
     _import_modules(args.imports)
-    _runtime(args)  # an unavailable device fails before the slow steps
+    runtime = _runtime(args)  # an unavailable device fails before the slow steps
     if args.resume is not None:
         given = [f"--{name}" for name in OPTIONS if getattr(args, name.replace("-", "_")) is not None]
         given += ["--set"] * bool(args.set) + ["--preset"] * (args.preset != "quick") + ["--compile"] * bool(args.compile)
@@ -189,8 +189,10 @@ def run_train(args: argparse.Namespace) -> None:
             config, data = run.read_settings()
         except ValueError as error:
             raise LatentflowsError(f"{run.settings_file}: {error}") from None
-        print(f"resuming {args.resume} (settings and data from its run.json)", file=sys.stderr)
-        _train_on(run.dataset(progress=not args.no_progress), config, args.resume, data, args, resume=True)
+        _say(runtime, f"resuming {args.resume} (settings and data from its run.json)")
+        with runtime.main_process_first():  # one process decodes into the cache, the others read it
+            dataset = run.dataset(progress=not args.no_progress)
+        _train_on(dataset, config, args.resume, data, args, runtime, resume=True)
         return
     config = PRESETS[args.preset]
     try:
@@ -214,13 +216,15 @@ def run_train(args: argparse.Namespace) -> None:
         return
     if args.out is None:
         raise LatentflowsError("train needs --out RUN (or --resume RUN)")
-    RunFolder(args.out).prepare(args.overwrite)  # fail before the slow steps
-    dataset = load_images(args.data, label_field=args.label_field, image_field=args.image_field,
-                          image_size=config.image_size, progress=not args.no_progress)
+    if runtime.is_main_process:
+        RunFolder(args.out).prepare(args.overwrite)  # fail before the slow steps
+    with runtime.main_process_first():  # one process decodes into the cache, the others read it
+        dataset = load_images(args.data, label_field=args.label_field, image_field=args.image_field,
+                              image_size=config.image_size, progress=not args.no_progress)
     data = {"source": str(Path(args.data).resolve()) if args.data and Path(args.data).exists() else args.data,
             "label_field": args.label_field, "image_field": args.image_field, "limit": args.limit,
             "imports": args.imports}
-    _train_on(apply_limit(dataset, args.limit, config.seed), config, args.out, data, args, resume=False)
+    _train_on(apply_limit(dataset, args.limit, config.seed), config, args.out, data, args, runtime, resume=False)
 
 
 def _import_modules(names: list[str]) -> None:
@@ -235,24 +239,32 @@ def _import_modules(names: list[str]) -> None:
             raise LatentflowsError(f"--import {name}: the module raised {type(error).__name__}: {error}") from None
 
 
+def _say(runtime: Runtime, message: str) -> None:
+    """A progress line on stderr, from the main process only."""
+    if runtime.is_main_process:
+        print(message, file=sys.stderr)
+
+
 def _train_on(dataset: ImageDataset, config: RunConfig, run_dir: Path, data: dict, args: argparse.Namespace,
-              resume: bool) -> None:
+              runtime: Runtime, resume: bool) -> None:
     from .training import train
 
     if resume:
         _import_modules(data.get("imports") or [])
     counts = ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items())
-    print(f"data: {len(dataset)} images, {dataset.num_classes} classes ({counts})", file=sys.stderr)
+    _say(runtime, f"data: {len(dataset)} images, {dataset.num_classes} classes ({counts})"
+                  + (f"; {runtime.world_size} processes" if runtime.world_size > 1 else ""))
     try:
         pipeline = train(dataset, config, run_dir, overwrite=getattr(args, "overwrite", False), resume=resume,
                          data_spec=data, progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
-                         device=_runtime(args))
+                         device=runtime)
     except KeyboardInterrupt:
         print(f"latentflows: interrupted; the last completed epoch is saved: continue with "
               f"latentflows train --resume {run_dir}", file=sys.stderr)
         raise SystemExit(130) from None
-    print(f"wrote {run_dir} in {pipeline.summary['train_seconds']:.0f}s "
-          f"(try: latentflows sample {run_dir} --class {dataset.class_names[-1]} -n 16 --out grid.png)")
+    if runtime.is_main_process:
+        print(f"wrote {run_dir} in {pipeline.summary['train_seconds']:.0f}s "
+              f"(try: latentflows sample {run_dir} --class {dataset.class_names[-1]} -n 16 --out grid.png)")
 
 
 def run_sample(args: argparse.Namespace) -> None:

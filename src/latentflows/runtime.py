@@ -107,6 +107,28 @@ class Runtime:
         """Figures averaged over processes (one process: unchanged)."""
         return values
 
+    def barrier(self) -> None:
+        """Wait until every process gets here (one process: return)."""
+
+    def main_process_first(self) -> ContextManager:
+        """The main process runs the block first (e.g. fills a cache), then the others."""
+        return contextlib.nullcontext()
+
+    def shard(self, batches: Any) -> Any:
+        """This process's share of each batch (one process: all of it)."""
+        return batches
+
+    def sync_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
+        """Average gradients over processes (one process: nothing to do)."""
+
+    def all_true(self, flag: Tensor) -> Tensor:
+        """Whether a device flag holds in every process."""
+        return flag
+
+    def compute(self, metric: Any, sync: bool = True) -> Tensor:
+        """A streaming metric's value (``sync``: over every process's updates)."""
+        return metric.compute()
+
     # ------------------------------------------------------------------ tensors
     def move(self, batch: Sequence[Tensor]) -> tuple[Tensor, ...]:
         """The batch's tensors on this device (no copy when they are already there)."""
@@ -202,7 +224,9 @@ class Runtime:
 
 def as_runtime(device: str | torch.device | Runtime | None = "auto", precision: str = "fp32",
                deterministic: bool = False) -> Runtime:
-    """A ``Runtime`` from what an API call was given: a runtime itself, or a device name.
+    """A ``Runtime`` from what an API call was given: a runtime itself, or a device name (in a
+    process started by ``accelerate launch`` or ``torchrun`` with several processes, a
+    ``DistributedRuntime``).
 
     Example:
         >>> as_runtime("cpu", "bf16")
@@ -210,6 +234,10 @@ def as_runtime(device: str | torch.device | Runtime | None = "auto", precision: 
     """
     if isinstance(device, Runtime):
         return device
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from .distributed import DistributedRuntime
+
+        return DistributedRuntime(device, precision, deterministic)
     return Runtime(device, precision, deterministic)
 
 

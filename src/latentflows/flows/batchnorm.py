@@ -54,6 +54,7 @@ class InvertibleBatchNorm(Transform):
         self.register_buffer("running_mean", torch.zeros(features))
         self.register_buffer("running_var", torch.ones(features))
         self.hold_statistics = False
+        self.synchronize = False  # statistics over every process's batch (set by a DistributedRuntime)
         self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _statistics(self, x: torch.Tensor | None):
@@ -70,10 +71,14 @@ class InvertibleBatchNorm(Transform):
                 "InvertibleBatchNorm needs at least 2 samples per batch in training mode; "
                 "call .eval() to use the running statistics"
             )
-        mean = x.mean(0)
-        var = x.var(0, unbiased=False)
+        if self.synchronize:
+            from ..distributed import all_reduce_statistics
+
+            mean, var, count = all_reduce_statistics(x)
+        else:
+            mean, var, count = x.mean(0), x.var(0, unbiased=False), x.shape[0]
         with torch.no_grad():  # running averages are bookkeeping, not part of the graph
-            unbiased = var * (x.shape[0] / (x.shape[0] - 1))
+            unbiased = var * (count / (count - 1))
             self.running_mean.lerp_(mean, self.momentum)
             self.running_var.lerp_(unbiased, self.momentum)
         self._last_batch = (mean.detach(), var.detach())

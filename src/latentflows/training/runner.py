@@ -59,16 +59,19 @@ def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None =
         raise LatentflowsError(f"images are {dataset.image_size}px but the config expects {config.image_size}px")
     config.validate(classes=dataset.num_classes)
     runtime = as_runtime(device, precision, deterministic)
-    run = RunFolder(run_dir).prepare(overwrite, resume) if run_dir is not None else None
     stages = config.stages()
-    logger = []
-    if run is not None:
+    run, logger = None, []
+    if run_dir is not None and runtime.is_main_process:  # in several processes, the main one writes
+        run = RunFolder(run_dir).prepare(overwrite, resume)
         run.checkpoint("any").parent.mkdir(exist_ok=True)
         if resume:
             run.truncate_metrics(run.completed_epochs([name for name, _ in stages]))
         else:
             run.write_settings(config, data_spec)
         logger = [JsonlLogger(run.metrics_file)]
+    elif run_dir is not None:
+        run = RunFolder(run_dir)  # read (checkpoints to resume from), never written
+    runtime.barrier()
     with runtime.session():
         return _train_stages(dataset, config, run, stages, logger, runtime, resume, progress, figures,
                              checkpoint_every)
@@ -85,7 +88,7 @@ def _train_stages(dataset: ImageDataset, config: RunConfig, run: RunFolder | Non
     started = time.perf_counter()
     for name, stage in stages:
         plan = stage.plan(context)
-        saving = [Checkpoint(run.checkpoint(name), checkpoint_every)] if run is not None else []
+        saving = [Checkpoint(run.checkpoint(name), checkpoint_every)] if run and runtime.is_main_process else []
         trainer = Trainer(plan.model, plan.updates, plan.loss_fn, runtime=runtime, autocast=plan.autocast,
                           stage=name, callbacks=logger + plan.callbacks + saving,  # the checkpoint last
                           progress=progress, grad_clip=config.grad_clip, compile=config.compile)
@@ -102,7 +105,8 @@ def _train_stages(dataset: ImageDataset, config: RunConfig, run: RunFolder | Non
     context.summary["train_seconds"] = round(time.perf_counter() - started, 1)
     pipeline = LatentFlowPipeline(context.models["autoencoder"], context.models["flow"], dataset.class_names,
                                   config.as_dict(), context.summary).eval()
-    if run is not None:
+    runtime.barrier()  # every process is done with the checkpoints
+    if run is not None and runtime.is_main_process:
         pipeline.save(run.path)
         run.remove_checkpoints()  # the run is complete: model.safetensors has it all
         if figures:

@@ -10,6 +10,7 @@ two updates. Every other entry of the dict is shown and logged.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -76,6 +77,23 @@ class Batches:
         self.tensors, self.batch_size, self.shuffle, self.drop_last = list(tensors), batch_size, shuffle, drop_last
         self.generator = torch.Generator().manual_seed(seed)
         self.size = len(self.tensors[0])
+        self.rank, self.world_size = 0, 1
+
+    def sharded(self, rank: int, world_size: int) -> "Batches":
+        """The same batches (same order, same generator), of which process ``rank`` of
+        ``world_size`` gets a contiguous share of each: the global batch is ``batch_size``.
+
+        Example:
+            >>> import torch
+            >>> [batch[0].tolist() for batch in Batches([torch.arange(6)], 4).sharded(1, 2)]
+            [[2, 3], [5]]
+        """
+        if self.shuffle and self.drop_last and self.batch_size % world_size:
+            raise ValueError(f"a batch of {self.batch_size} does not split evenly over {world_size} processes; "
+                             f"use a batch size that is a multiple of {world_size}")
+        shard = copy.copy(self)
+        shard.rank, shard.world_size = rank, world_size
+        return shard
 
     def __len__(self) -> int:
         if self.drop_last and self.size >= self.batch_size:
@@ -88,6 +106,9 @@ class Batches:
             order = order.to(self.tensors[0].device)
         for i in range(len(self)):
             start, stop = i * self.batch_size, min((i + 1) * self.batch_size, self.size)
+            if self.world_size > 1:  # this process's share of the global batch
+                share = -(-(stop - start) // self.world_size)
+                start, stop = min(start + self.rank * share, stop), min(start + (self.rank + 1) * share, stop)
             if order is None:
                 yield tuple(t[start:stop] for t in self.tensors)
             else:
@@ -177,9 +198,12 @@ class Trainer:
         if not self.updates or len({u.name for u in self.updates}) != len(self.updates):
             raise ValueError("give at least one optimizer, and updates with different names")
         self.runtime = runtime or Runtime(_device_of(model))
+        model = self.runtime.prepare(model)
+        self.model = model
         self.autocast = autocast
         self.metrics = {name: self.runtime.metric(metric) for name, metric in (metrics or {}).items()}
-        self.stage, self.callbacks, self.progress = stage, list(callbacks), progress
+        self.stage, self.callbacks = stage, list(callbacks)
+        self.progress = progress and self.runtime.is_main_process
         names = [c.name for c in self.callbacks if hasattr(c, "state")]
         if len(set(names)) != len(names):
             raise ValueError(f"callbacks with saved state need different names, got {names}")
@@ -252,6 +276,7 @@ class Trainer:
         losses, metric_inputs = self._step(self.runtime.move(batch))
         active = self._active(losses)
         finite = torch.isfinite(torch.stack([losses[u.loss].detach().float() for u in active])).all()
+        finite = self.runtime.all_true(finite)  # several processes skip together
         self._nonfinite_run = torch.where(finite, 0, self._nonfinite_run + 1)
         self._skipped = self._skipped + (~finite).long()
         self.last_step_finite = finite
@@ -278,6 +303,7 @@ class Trainer:
                 if grads:
                     torch._foreach_mul_(grads, poison)
         for update in active:
+            self.runtime.sync_gradients(update.parameters)
             if self.grad_clip:
                 if self.scaler is not None:
                     self.scaler.unscale_(update.optimizer)
@@ -308,13 +334,15 @@ class Trainer:
         metrics = {name: metric.clone() for name, metric in self.metrics.items()}
         for metric in metrics.values():
             metric.reset()
-        for batch in batches:
+        for batch in self.runtime.shard(batches):
+            if len(batch[0]) == 0:  # a process's share of a last, short batch
+                continue
             losses, metric_inputs = self.compute_loss(self.runtime.move(batch))
             self._accumulate(means, losses, len(batch[0]))
             if metric_inputs is not None:
                 for metric in metrics.values():
                     metric.update(*metric_inputs)
-        return _results(means, metrics)
+        return self._results(means, metrics)
 
     def training_state(self) -> tuple[dict[str, Tensor], dict[str, str]]:
         """Everything needed to continue bit-identically: tensors and string metadata."""
@@ -379,6 +407,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         self.train_batches = train_batches
+        train_batches = self.runtime.shard(train_batches)
         for epoch in range(start_epoch, epochs + 1):
             if self.stop_training:  # e.g. early stopping had fired before an interruption
                 break
@@ -394,10 +423,11 @@ class Trainer:
                 losses = self.train_step(batch)
                 self._accumulate(means, losses, len(batch[0]), counted=self.last_step_finite)
                 if self.progress and step % self.refresh_every == 0:  # loss values read only here
-                    bar.set_postfix({k: f"{v:.4f}" for k, v in _results(means, self.metrics).items()})
+                    shown = self._results(means, self.metrics, sync=False)
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items()})
             bar.close()
             self._check_nonfinite()
-            train = _results(means, self.metrics)
+            train = self._results(means, self.metrics)
             skipped = int(self._skipped)
             if skipped:
                 train["skipped_steps"] = skipped
@@ -416,6 +446,14 @@ class Trainer:
             callback.on_train_end(self)
         return self.history
 
+    def _results(self, means: dict[str, MeanMetric], metrics: dict[str, Metric], sync: bool = True) -> dict[str, float]:
+        """The epoch's figures; ``sync``: over every process (all must call), else this one's
+        running losses alone (the status bar of the main process)."""
+        results = {name: float(self.runtime.compute(mean, sync)) for name, mean in means.items()}
+        if sync or self.runtime.world_size == 1:  # a user's metric syncs itself when computed
+            results.update({name: float(metric.compute()) for name, metric in metrics.items() if metric.update_count})
+        return results
+
     def _accumulate(self, means: dict[str, MeanMetric], losses: dict[str, Tensor], n: int,
                     counted: Tensor | None = None) -> None:
         """Add a batch's losses to the running means (a skipped step, ``counted`` false, adds nothing)."""
@@ -423,8 +461,8 @@ class Trainer:
         if counted is not None:
             weight = weight * counted
         for name, value in losses.items():
-            if name not in means:
-                means[name] = self.runtime.metric(MeanMetric())
+            if name not in means:  # synced over processes when the runtime asks, not at every compute
+                means[name] = self.runtime.metric(MeanMetric(sync_on_compute=False))
             value = value.detach().float().reshape(1)
             if counted is not None:
                 value = torch.where(counted, value, 0.0)
@@ -450,10 +488,6 @@ def _device_of(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def _results(means: dict[str, MeanMetric], metrics: dict[str, Metric]) -> dict[str, float]:
-    results = {name: float(mean.compute()) for name, mean in means.items()}
-    results.update({name: float(metric.compute()) for name, metric in metrics.items() if metric.update_count})
-    return results
 
 
 def supervised(loss: Callable[[Tensor, Tensor], Tensor]) -> LossFn:

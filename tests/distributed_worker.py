@@ -1,0 +1,54 @@
+"""Run by tests/test_distributed.py under a launcher (2 processes) or alone (1 process).
+
+``python distributed_worker.py OUT``: the gradients of the first global batch of each stage
+(averaged over processes), then a short training run; each process saves what it ended with.
+"""
+
+import sys
+
+import torch
+
+import latentflows as lf
+from latentflows.runs import apply_limit, run_split
+from latentflows.runtime import as_runtime
+from latentflows.storage import save_safetensors
+from latentflows.training import Trainer
+from latentflows.training.stages import StageContext
+
+# no per-step randomness (flips, noise): processes draw it for their own rows, one process for all
+CONFIG = lf.PRESETS["quick"].with_options(
+    width=8, embedding_dim=64, ae_epochs=1, ae_batch_size=32, couplings=2, hidden=[16], flow_epochs=2,
+    flow_batch_size=64, flip=False, flow_noise=0.0).with_values({"stages.flow.config.patience": None})
+
+
+def first_gradients(pets, runtime):
+    """name -> the averaged gradient of the first global batch, for the models of both stages."""
+    train_set, val_set = run_split(pets, CONFIG)
+    context = StageContext(train_set, val_set, runtime, seed=0, image_size=64)
+    grads = {}
+    for name, stage in CONFIG.stages():
+        torch.manual_seed(1)  # the same initial weights in every process, and alone
+        plan = stage.plan(context)
+        trainer = Trainer(plan.model, plan.updates, plan.loss_fn, runtime=runtime, progress=False)
+        batch = next(iter(runtime.shard(plan.train_batches)))
+        trainer._step(runtime.move(batch))
+        for update in trainer.updates:
+            runtime.sync_gradients(update.parameters)
+        for key, parameter in plan.model.named_parameters():
+            if parameter.grad is not None:
+                grads[f"{name}.{key}"] = parameter.grad
+        context.models[name] = plan.product()
+    return grads
+
+
+def main(out):
+    runtime = as_runtime("cpu")
+    tag = f"rank{runtime.rank}" if runtime.world_size > 1 else "single"
+    pets = apply_limit(lf.load_images(), 200, seed=0)
+    save_safetensors(f"{out}/{tag}-grads.safetensors", first_gradients(pets, runtime), "test")
+    pipeline = lf.train(pets, CONFIG, None, progress=False, figures=False, device=runtime)
+    save_safetensors(f"{out}/{tag}-weights.safetensors", pipeline.state_dict(), "test")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
