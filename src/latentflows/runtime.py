@@ -136,16 +136,14 @@ class Runtime:
 
     def place(self, tensors: Sequence[Tensor]) -> list[Tensor]:
         """A data set's tensors where batches are cut from: copied to a GPU once when they
-        take at most a quarter of its memory (a step then reads no host memory), else kept
-        in host memory, pinned on CUDA so copies overlap with compute."""
+        take at most a quarter of its memory (a step then reads no host memory), else left
+        where they are (host memory, or a memory-mapped file), each batch moved as it is cut."""
         tensors = list(tensors)
         if self.device.type == "cpu":
             return tensors
         size = sum(t.numel() * t.element_size() for t in tensors)
         if self.device.type == "meta" or size <= DEVICE_DATA_SHARE * self.memory_bytes():
             return [t.to(self.device) for t in tensors]
-        if self.device.type == "cuda":
-            return [t.pin_memory() for t in tensors]
         return tensors
 
     def memory_bytes(self) -> int:
