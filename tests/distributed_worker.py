@@ -1,6 +1,6 @@
 """Run by tests/test_distributed.py under a launcher (2 processes) or alone (1 process).
 
-``python distributed_worker.py OUT``: the gradients of the first global batch of each stage
+``python distributed_worker.py OUT [glow]``: the gradients of the first global batch of each stage
 (averaged over processes), then a short training run; each process saves what it ended with.
 """
 
@@ -41,14 +41,19 @@ def first_gradients(pets, runtime):
     return grads
 
 
-def main(out):
+def main(out, variant="quick"):
     runtime = as_runtime("cpu")
     tag = f"rank{runtime.rank}" if runtime.world_size > 1 else "single"
     pets = apply_limit(lf.load_images(), 200, seed=0)
+    if variant == "glow":  # layers initialised from each process's own first batch
+        config = CONFIG.with_options(normalization="actnorm", mixing="lu", flow_lr=1e-4)
+        pipeline = lf.train(pets, config, None, progress=False, figures=False, device=runtime)
+        save_safetensors(f"{out}/{tag}-glow.safetensors", pipeline.state_dict(), "test")
+        return
     save_safetensors(f"{out}/{tag}-grads.safetensors", first_gradients(pets, runtime), "test")
     pipeline = lf.train(pets, CONFIG, None, progress=False, figures=False, device=runtime)
     save_safetensors(f"{out}/{tag}-weights.safetensors", pipeline.state_dict(), "test")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -67,6 +67,13 @@ def test_two_processes_end_equal_and_match_one_process_at_the_same_global_batch(
                for k in single if single[k].is_floating_point()) < 1e-2
 
 
+def test_layers_initialised_from_data_start_alike_in_every_process(tmp_path):
+    finished(launch(str(WORKER), str(tmp_path), "glow"))
+    rank0, rank1 = tensors(tmp_path / "rank0-glow.safetensors"), tensors(tmp_path / "rank1-glow.safetensors")
+    assert any("log_scale" in k for k in rank0)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+
+
 def test_cli_resumes_a_killed_two_process_run_to_the_same_weights(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     settings = [*TINY, "--ae-epochs", "12", "--flow-epochs", "2"]

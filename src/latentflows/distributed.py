@@ -91,12 +91,10 @@ class DistributedRuntime(Runtime):
     def prepare(self, model: nn.Module) -> nn.Module:
         """Every process starts from the main process's weights; batch norms see the global batch
         (``SyncBatchNorm`` on GPUs; the flow's invertible batch norm all-reduces its statistics)."""
-        from .flows.batchnorm import InvertibleBatchNorm
-
         if self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         for module in model.modules():
-            if isinstance(module, InvertibleBatchNorm):
+            if hasattr(module, "synchronize"):  # InvertibleBatchNorm, ActNorm, ContextAffine
                 module.synchronize = True
         with torch.no_grad():
             for tensor in [*model.parameters(), *model.buffers()]:
@@ -139,6 +137,14 @@ class DistributedRuntime(Runtime):
         tensor = torch.tensor([values[n] for n in names], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(tensor)
         return dict(zip(names, (tensor / self.world_size).tolist()))
+
+
+def broadcast_from_main(*tensors: Tensor) -> None:
+    """Overwrite ``tensors`` in place with the main process's (a data-dependent initialisation
+    computed on each process's own first batch becomes the same everywhere); alone: nothing."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for tensor in tensors:
+            torch.distributed.broadcast(tensor.data, src=0)
 
 
 def all_reduce_statistics(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

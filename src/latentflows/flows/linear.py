@@ -59,6 +59,7 @@ class ActNorm(Transform):
         self.log_scale = nn.Parameter(torch.zeros(features))
         self.register_buffer("initialized", torch.tensor(False))
         self._known_initialized = False  # a Python copy of the buffer, so steady-state steps need no device sync
+        self.synchronize = False  # set by a DistributedRuntime
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -72,6 +73,10 @@ class ActNorm(Transform):
         self.loc.copy_(x.mean(0))
         self.log_scale.copy_(-torch.log(x.std(0, unbiased=False) + self.eps))
         self.initialized.fill_(True)
+        if self.synchronize:  # several processes: all start from the main process's first batch
+            from ..distributed import broadcast_from_main
+
+            broadcast_from_main(self.loc, self.log_scale)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features(x, self.features, "ActNorm")
@@ -229,6 +234,7 @@ class ContextAffine(Transform):
             nn.init.zeros_(linear.weight)
         self.register_buffer("initialized", torch.tensor(False))
         self._known_initialized = False  # a Python copy of the buffer: no device sync per step
+        self.synchronize = False  # set by a DistributedRuntime
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -253,6 +259,10 @@ class ContextAffine(Transform):
         self.shift.weight.copy_(mean.T)
         self.log_scale.weight.copy_(-0.5 * torch.log(variance).T)
         self.initialized.fill_(True)
+        if self.synchronize:  # several processes: all start from the main process's first batch
+            from ..distributed import broadcast_from_main
+
+            broadcast_from_main(self.shift.weight, self.log_scale.weight)
 
     def _maps(self, x: Tensor, context: Tensor | None, may_initialize: bool = False) -> tuple[Tensor, Tensor]:
         context = self._context(x, context)
