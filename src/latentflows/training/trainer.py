@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from ..data import prefetch
 from ..errors import LatentflowsError
 from ..layers import apply_constraints, pop_auxiliary_losses, regularization_loss
 from ..metrics import MeanMetric
@@ -52,17 +53,22 @@ def adam(parameters: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.
 
 
 class Batches:
-    """Mini-batches of in-memory tensors, reshuffled each epoch by a seeded generator.
+    """Mini-batches of tensors (in memory, or images read from disk), reshuffled each epoch
+    by a seeded generator.
 
     Slicing tensors that are already in memory costs microseconds, where a DataLoader
-    with per-item collation costs far more than the small models it feeds.
+    with per-item collation costs far more than the small models it feeds. A data set
+    bigger than memory (``data.MappedImages``) is read a batch at a time, ahead of the step.
 
     Args:
-        tensors: tensors with the same first dimension (e.g. images and labels).
+        tensors: tensors with the same first dimension (e.g. images and labels), or images
+            read from disk (``data.MappedImages``).
         batch_size: rows per batch.
         shuffle: a new seeded order every epoch.
         seed: seeds the order.
         drop_last: leave out the last, smaller batch.
+        prefetch: batches read ahead in a background thread (default: 2 for data read from
+            disk, none for tensors in memory, where cutting a batch costs microseconds).
 
     Example:
         >>> import torch
@@ -71,13 +77,16 @@ class Batches:
     """
 
     def __init__(self, tensors: Sequence[Tensor], batch_size: int, shuffle: bool = False,
-                 seed: int = 0, drop_last: bool = False):
+                 seed: int = 0, drop_last: bool = False, prefetch: int | None = None):
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.tensors, self.batch_size, self.shuffle, self.drop_last = list(tensors), batch_size, shuffle, drop_last
         self.generator = torch.Generator().manual_seed(seed)
         self.size = len(self.tensors[0])
         self.rank, self.world_size = 0, 1
+        # batches read from disk (memory-mapped data sets) are read ahead in a thread
+        on_disk = any(not isinstance(t, Tensor) for t in self.tensors)
+        self.prefetch = prefetch if prefetch is not None else (2 if on_disk else 0)
 
     def sharded(self, rank: int, world_size: int) -> "Batches":
         """The same batches (same order, same generator), of which process ``rank`` of
@@ -101,6 +110,9 @@ class Batches:
         return math.ceil(self.size / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        return prefetch(self._batches(), self.prefetch)
+
+    def _batches(self) -> Iterator[tuple[Tensor, ...]]:
         order = torch.randperm(self.size, generator=self.generator) if self.shuffle else None
         if order is not None:  # drawn on the CPU (the same order on every device), moved once per epoch
             order = order.to(self.tensors[0].device)
