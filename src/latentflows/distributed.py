@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import LatentflowsError
+from .extras import require
 from .runtime import Runtime
 
 
@@ -56,11 +57,7 @@ class DistributedRuntime(Runtime):
 
     def __init__(self, device: str | torch.device | None = "auto", precision: str = "fp32",
                  deterministic: bool = False):
-        try:
-            from accelerate import PartialState
-        except ImportError:
-            raise LatentflowsError("training in several processes needs Hugging Face Accelerate: "
-                                   "pip install 'latentflows[distributed]'") from None
+        PartialState = require("accelerate", "distributed").PartialState
         if device not in (None, "auto", "cpu") and not str(device).startswith("cuda"):
             raise ValueError(f"device {device!r}: several processes train on CUDA GPUs or on the CPU")
         self.state = PartialState(cpu=str(device) == "cpu")
