@@ -18,11 +18,12 @@ from .objective import ClassHead, NegativeLogLikelihood, Objective, Reconstructi
 from .perceptual import Perceptual, normalized_distance
 from .runner import train
 from .stages import AutoencoderStage, FlowStage, Stage, StageContext, StagePlan
+from .tensorboard import TensorBoardLogger
 from .trainer import Batches, NonFiniteLossError, Trainer, Update, adam, supervised
 
 __all__ = [
     "CHECKPOINT_FORMAT", "Callback", "Checkpoint", "CosineLearningRate", "EarlyStopping", "EpochRecord",
-    "JsonlLogger", "StepSchedule",
+    "JsonlLogger", "StepSchedule", "TensorBoardLogger",
     "load_checkpoint", "read_checkpoint", "NegativeLogLikelihood", "Objective", "Reconstruction", "Term", "train",
     "AutoencoderStage", "FlowStage", "Stage", "StageContext", "StagePlan", "Batches", "NonFiniteLossError",
     "Adversarial", "PatchDiscriminator", "adaptive_weight", "diff_augment", "Perceptual", "normalized_distance",

@@ -21,6 +21,7 @@ from ..runs import RunFolder, run_split
 from ..runtime import Runtime, as_runtime
 from .callbacks import Checkpoint, EarlyStopping, JsonlLogger, read_checkpoint
 from .stages import StageContext
+from .tensorboard import IMAGES_EVERY, TensorBoardLogger, summary_writer
 from .trainer import Trainer
 
 
@@ -28,7 +29,7 @@ def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None =
           overwrite: bool = False, progress: bool = True, figures: bool = True, resume: bool = False,
           data_spec: dict[str, Any] | None = None, checkpoint_every: int = 1,
           device: str | torch.device | Runtime = "auto", precision: str = "fp32",
-          deterministic: bool = False) -> LatentFlowPipeline:
+          deterministic: bool = False, tensorboard: bool | int = False) -> LatentFlowPipeline:
     """Train every stage of ``config`` on ``dataset``; with ``run_dir``, write the run folder.
 
     With a run folder, each stage is checkpointed every ``checkpoint_every`` epochs and
@@ -50,6 +51,9 @@ def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None =
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast for the autoencoder; the flow
             trains in fp32).
         deterministic: deterministic kernels only (see ``Runtime.session``).
+        tensorboard: also log for TensorBoard into ``RUN/tensorboard`` (``TensorBoardLogger``;
+            needs ``run_dir`` and the ``tensorboard`` extra): True for image grids every 5
+            epochs and at each stage's last, or a number of epochs between grids.
 
     The returned pipeline is on the device it was trained on.
     """
@@ -58,6 +62,7 @@ def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None =
     if dataset.image_size != config.image_size:
         raise LatentflowsError(f"images are {dataset.image_size}px but the config expects {config.image_size}px")
     config.validate(classes=dataset.num_classes)
+    images_every = _images_every(tensorboard, run_dir)
     runtime = as_runtime(device, precision, deterministic)
     stages = config.stages()
     run, logger = None, []
@@ -74,23 +79,42 @@ def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None =
     runtime.barrier()
     with runtime.session():
         return _train_stages(dataset, config, run, stages, logger, runtime, resume, progress, figures,
-                             checkpoint_every)
+                             checkpoint_every, images_every)
+
+
+def _images_every(tensorboard: bool | int, run_dir: str | Path | None) -> int:
+    """``train``'s ``tensorboard`` as epochs between image grids (0: no TensorBoard); checks
+    that it can be done before anything is trained or written."""
+    if isinstance(tensorboard, bool):
+        every = IMAGES_EVERY if tensorboard else 0
+    elif isinstance(tensorboard, int) and tensorboard >= 1:
+        every = tensorboard
+    else:
+        raise LatentflowsError(f"tensorboard must be true, false or a positive number of epochs, got {tensorboard!r}")
+    if every and run_dir is None:
+        raise LatentflowsError("TensorBoard logging writes into the run folder: give a run folder (--out)")
+    if every:
+        summary_writer()  # a missing extra: one line naming the pip command
+    return every
 
 
 def _train_stages(dataset: ImageDataset, config: RunConfig, run: RunFolder | None, stages: list, logger: list,
                   runtime: Runtime, resume: bool, progress: bool, figures: bool,
-                  checkpoint_every: int) -> LatentFlowPipeline:
+                  checkpoint_every: int, images_every: int) -> LatentFlowPipeline:
     torch.manual_seed(config.seed)
     if runtime.device.type == "cuda":
         torch.cuda.manual_seed_all(config.seed)
     train_set, val_set = run_split(dataset, config)
     context = StageContext(train_set, val_set, runtime, seed=config.seed, image_size=config.image_size)
+    watch = []  # TensorBoard: after the stage's callbacks (it sees their stop), before the checkpoint
+    if images_every and run is not None and runtime.is_main_process:
+        watch = [TensorBoardLogger.for_run(run, config, context, images_every, resume)]
     started = time.perf_counter()
     for name, stage in stages:
         plan = stage.plan(context)
         saving = [Checkpoint(run.checkpoint(name), checkpoint_every)] if run and runtime.is_main_process else []
         trainer = Trainer(plan.model, plan.updates, plan.loss_fn, runtime=runtime, autocast=plan.autocast,
-                          stage=name, callbacks=logger + plan.callbacks + saving,  # the checkpoint last
+                          stage=name, callbacks=logger + plan.callbacks + watch + saving,  # the checkpoint last
                           progress=progress, grad_clip=config.grad_clip, compile=config.compile)
         start = 1
         if resume and run is not None and run.checkpoint(name).exists():
