@@ -89,6 +89,7 @@ class RunFolder:
 
     CONFIG, WEIGHTS, METRICS, SETTINGS = "config.json", "model.safetensors", "metrics.jsonl", "run.json"
     CHECKPOINTS, FIGURES, CLASSIFIER, EVAL = "checkpoints", "figures", "classifier", "eval.json"
+    TENSORBOARD = "tensorboard"  # event files of train --log tensorboard
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -142,7 +143,7 @@ class RunFolder:
             for name in (self.CONFIG, self.WEIGHTS, self.METRICS, self.SETTINGS, self.EVAL,
                          Path(self.EVAL).stem + "-nearest.png"):
                 (self.path / name).unlink(missing_ok=True)
-            for folder in (self.FIGURES, self.CHECKPOINTS, self.CLASSIFIER):
+            for folder in (self.FIGURES, self.CHECKPOINTS, self.CLASSIFIER, self.TENSORBOARD):
                 shutil.rmtree(self.path / folder, ignore_errors=True)
         self.path.mkdir(parents=True, exist_ok=True)
         return self

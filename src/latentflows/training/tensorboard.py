@@ -34,16 +34,16 @@ import torch
 from torch import Tensor, nn
 
 from ..extras import require
+from ..runs import RunFolder
 from ..runtime import evaluation_mode
 from .callbacks import Callback, EpochRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import RunConfig
-    from ..runs import RunFolder
     from .stages import StageContext
     from .trainer import Trainer
 
-FOLDER = "tensorboard"  # in the run folder
+FOLDER = RunFolder.TENSORBOARD  # in the run folder
 IMAGES_EVERY = 5  # epochs between image grids, by default
 
 
