@@ -1,4 +1,5 @@
-"""Command line: ``latentflows train | sample | evaluate | compare | interpolate | info | cache``.
+"""Command line: ``latentflows train | sample | evaluate | compare | interpolate | info | cache | push |
+export | demo``.
 
 Every user error (bad option, missing file, unknown class) ends with one line on stderr
 and exit code 2; nothing existing is overwritten without ``--overwrite``.
@@ -80,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                        help="import a module first (its @latentflows.register components can then be named)")
     train.add_argument("--show-config", action="store_true", help="print the resulting run config and exit")
+    train.add_argument("--log", choices=["tensorboard"], action="append", default=[],
+                       help="also log to TensorBoard (RUN/tensorboard: scalars of both stages, image grids, "
+                            "the hyperparameters); metrics.jsonl is always written")
+    train.add_argument("--log-images-every", type=_positive_int, default=5, metavar="EPOCHS",
+                       help="epochs between TensorBoard image grids (default 5)")
     for name, option in OPTIONS.items():  # parsed in run_train: a bad value is a one-line error
         train.add_argument(f"--{name}", metavar=name.replace("-", "_").upper(), help=option.help)
 
@@ -136,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="describe a trained run")
     info.add_argument("run", type=Path)
+
+    from . import demo, export, hub
+
+    hub.add_push_arguments(commands.add_parser("push", help="upload a run to the Hugging Face Hub, with a model card"))
+    export.add_arguments(commands.add_parser("export", help="the generator as ONNX (noise and class in; image and "
+                                                            "log-density out), checked with onnxruntime"))
+    demo.add_arguments(commands.add_parser("demo", help="a web page (Gradio) to generate and interpolate"))
 
     cache = commands.add_parser("cache", help="show or empty the decoded-image cache")
     cache.add_argument("action", choices=["info", "clear"])
@@ -257,7 +270,7 @@ def _train_on(dataset: ImageDataset, config: RunConfig, run_dir: Path, data: dic
     try:
         pipeline = train(dataset, config, run_dir, overwrite=getattr(args, "overwrite", False), resume=resume,
                          data_spec=data, progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
-                         device=runtime)
+                         device=runtime, tensorboard=args.log_images_every if "tensorboard" in args.log else False)
     except KeyboardInterrupt:
         print(f"latentflows: interrupted; the last completed epoch is saved: continue with "
               f"latentflows train --resume {run_dir}", file=sys.stderr)
@@ -293,7 +306,14 @@ def run_sample(args: argparse.Namespace) -> None:
 def run_evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate_run, format_report
 
+    classifier_dir = None
+    if getattr(args, "hub_id", None):  # never write into the Hugging Face cache
+        if args.out is None:
+            raise LatentflowsError(f"{args.hub_id} is a Hub model: evaluate writes its report and judge beside "
+                                   "--out; pass --out FILE.json")
+        classifier_dir = args.out.with_name(args.out.stem + "-classifier")
     report = evaluate_run(args.run, source=args.data, out=args.out, overwrite=args.overwrite,
+                          classifier_dir=classifier_dir,
                           fid_weights=args.fid_weights, fid=not args.no_fid, download=not args.no_download,
                           samples_per_class=args.samples, seed=args.seed, temperature=args.temperature,
                           classifier_epochs=args.classifier_epochs, judge=args.judge, imagenet=args.imagenet,
@@ -349,12 +369,44 @@ def run_info(args: argparse.Namespace) -> None:
     print(json.dumps(info, indent=2))
 
 
+# commands whose RUN may also be a Hugging Face Hub id (owner/name), downloaded to the HF cache
+TAKES_A_RUN = ("sample", "evaluate", "interpolate", "info", "export", "demo")
+
+
+def _resolve_run(args: argparse.Namespace) -> None:
+    from .hub import is_hub_id, resolve_run
+
+    args.hub_id = str(args.run) if is_hub_id(args.run) and not Path(args.run).exists() else None
+    args.run = Path(resolve_run(args.run))
+
+
+def _run_push(args: argparse.Namespace) -> None:
+    from .hub import run_push
+
+    run_push(args)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from .export import run
+
+    run(args)
+
+
+def _run_demo(args: argparse.Namespace) -> None:
+    from .demo import run
+
+    run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in TAKES_A_RUN:
+            _resolve_run(args)
         {"train": run_train, "sample": run_sample, "evaluate": run_evaluate, "compare": run_compare,
-         "interpolate": run_interpolate, "info": run_info, "cache": run_cache}[args.command](args)
+         "interpolate": run_interpolate, "info": run_info, "cache": run_cache, "push": _run_push,
+         "export": _run_export, "demo": _run_demo}[args.command](args)
     except LatentflowsError as error:
         print(f"latentflows: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -3,7 +3,9 @@
 ``LatentFlowPipeline`` holds the two trained parts, generates class-conditional images
 ranked by log-density, and saves and loads itself as JSON config + safetensors (nothing
 is ever unpickled). Training it is ``latentflows.training.train``; its files are
-described in ``latentflows.runs``.
+described in ``latentflows.runs``. Through ``huggingface_hub``'s ``ModelHubMixin`` it also has
+``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` (the same files, a model card
+beside them, Hub ids as well as folders; see ``latentflows.hub``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import ModelHubMixin
 from torch import Tensor, nn
 
 from ._version import __version__
@@ -20,6 +23,7 @@ from .autoencoder import decode_embeddings, encode_images
 from .compat import pipeline_config_from_v1, weights_from_v1
 from .errors import LatentflowsError, ModelFileError
 from .flows import Flow
+from .hub import CARD_TAGS, LIBRARY_NAME, MODEL_FILES
 from .registry import deserialize, serialize
 from .runs import RunFolder
 from .runtime import evaluation_mode, resolve_device
@@ -50,11 +54,15 @@ class Samples:
     label: str
 
 
-class LatentFlowPipeline(nn.Module):
+class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, tags=list(CARD_TAGS)):
     """Autoencoder and conditional flow: images <-> embeddings, and new embeddings per class.
 
     The flow models the autoencoder's raw embeddings (its head standardizes them), so
     ``log_prob`` and the log-densities of samples are densities of embeddings, in nats.
+
+    ``save`` / ``load`` write and read a run folder's ``config.json`` + ``model.safetensors``;
+    ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` do the same with a model card
+    and Hugging Face Hub ids (``huggingface_hub.ModelHubMixin``).
 
     Args:
         autoencoder: a trained autoencoder with ``encode`` / ``decode``.
@@ -141,16 +149,21 @@ class LatentFlowPipeline(nn.Module):
             return self.flow.log_prob(embeddings.to(self.device), self.one_hot(labels)).cpu()
 
     # ------------------------------------------------------------------ files
-    def save(self, run_dir: str | Path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``run_dir``."""
-        run = RunFolder(run_dir)
-        run.path.mkdir(parents=True, exist_ok=True)
-        save_safetensors(run.weights_file, self.state_dict(), WEIGHTS_FORMAT)
-        write_json(run.config_file, {
+    def saved_config(self) -> dict[str, Any]:
+        """What ``save`` writes to ``config.json``: format tags, component specs, classes, config, summary."""
+        return {
             "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "latentflows_version": __version__,
             "autoencoder": serialize(self.autoencoder), "flow": serialize(self.flow),
             "class_names": self.class_names, "config": self.config, "summary": self.summary,
-        })
+        }
+
+    def save(self, run_dir: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``run_dir``."""
+        run = RunFolder(run_dir)
+        saved = self.saved_config()  # an unsaveable component fails before any file is written
+        run.path.mkdir(parents=True, exist_ok=True)
+        save_safetensors(run.weights_file, self.state_dict(), WEIGHTS_FORMAT)
+        write_json(run.config_file, saved)
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | torch.device = "auto") -> "LatentFlowPipeline":
@@ -178,6 +191,121 @@ class LatentFlowPipeline(nn.Module):
         tensors, _ = load_safetensors(run.weights_file, WEIGHTS_FORMAT)
         load_state_strictly(pipeline, weights_from_v1(tensors) if version < 2 else tensors, run.weights_file)
         return pipeline.to(resolve_device(device)).eval()
+
+
+    # ------------------------------------------------------------------ the Hugging Face Hub (ModelHubMixin)
+    def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None, repo_id: str | None = None,
+                        push_to_hub: bool = False, model_card_kwargs: dict[str, Any] | None = None,
+                        **push_to_hub_kwargs: Any) -> str | None:
+        """Write ``config.json`` and ``model.safetensors`` (as ``save``) and a model card ``README.md``
+        (``latentflows.hub.model_card``; an existing README.md is kept) into ``save_directory``.
+
+        Args:
+            save_directory: the folder (created if needed).
+            config: ignored: ``config.json`` is always the pipeline's own (kept for the mixin's signature).
+            repo_id: the Hub id the card names, and where ``push_to_hub=True`` pushes.
+            push_to_hub: also push to ``repo_id`` (see ``push_to_hub``).
+            model_card_kwargs: ``repo_id`` for the card's examples.
+            **push_to_hub_kwargs: passed on to ``push_to_hub``.
+
+        Returns:
+            the commit URL when pushed, else None.
+        """
+        card = {"repo_id": repo_id, **(model_card_kwargs or {}), "run_dir": Path(save_directory)}
+        return super().save_pretrained(save_directory, config=config, repo_id=repo_id, push_to_hub=push_to_hub,
+                                       model_card_kwargs=card, **push_to_hub_kwargs)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        # the mixin writes config.json only when we have not (we always have: it keeps ours)
+        self.save(save_directory)
+
+    def generate_model_card(self, *args: Any, run_dir: str | Path | None = None, repo_id: str | None = None,
+                            **kwargs: Any) -> Any:
+        """Our model card (not the mixin's): ``latentflows.hub.card_text`` for this pipeline, showing
+        ``run_dir``'s samples picture and evaluation when it has them."""
+        from huggingface_hub import ModelCard
+
+        from .hub import card_text
+
+        return ModelCard(card_text(self.saved_config(), run_dir, repo_id=repo_id))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, device: str | torch.device = "auto",
+                        revision: str | None = None, token: str | bool | None = None, cache_dir: str | Path | None = None,
+                        force_download: bool = False, local_files_only: bool = False,
+                        **model_kwargs: Any) -> "LatentFlowPipeline":
+        """Load a pipeline from a run folder (exactly as ``load``) or a Hugging Face Hub id
+        (``owner/name``: its ``config.json`` and ``model.safetensors`` are downloaded into the
+        Hugging Face cache once, then read from there, offline too).
+
+        Args:
+            pretrained_model_name_or_path: a folder, or ``owner/name``.
+            device: where to put it (``"auto"``: a GPU when there is one, else the CPU).
+            revision: a branch, tag or commit of the Hub repo.
+            token: a Hugging Face token, for a private repo.
+            cache_dir: another cache folder than the Hugging Face default.
+            force_download: download again even when cached.
+            local_files_only: never download; only the cache.
+
+        Raises:
+            LatentflowsError: one line: no such folder or model, offline and not cached, incompatible files.
+
+        Example:
+            >>> import tempfile, torch, latentflows as lf
+            >>> from latentflows.flows import ConditionalRealNVP
+            >>> pipeline = lf.LatentFlowPipeline(lf.ConvAutoencoder(8, width=2, image_size=32, fc_dim=16),
+            ...                                  ConditionalRealNVP(8, context_size=2, couplings=2, hidden=[8]),
+            ...                                  ["cat", "dog"])
+            >>> with tempfile.TemporaryDirectory() as folder:
+            ...     pipeline.save_pretrained(folder)
+            ...     print(sorted(path.name for path in Path(folder).iterdir()))
+            ...     loaded = lf.LatentFlowPipeline.from_pretrained(folder, device="cpu")
+            ['README.md', 'config.json', 'model.safetensors']
+            >>> torch.equal(loaded.generate("cat", 2).images, pipeline.generate("cat", 2).images)
+            True
+        """
+        from .hub import resolve_run
+
+        # the download happens here, with one-line errors; the mixin then reads a local folder only
+        folder = resolve_run(pretrained_model_name_or_path, download=not local_files_only, revision=revision,
+                             token=token, cache_dir=cache_dir, force_download=force_download, files=MODEL_FILES)
+        return super().from_pretrained(folder, device=device, **model_kwargs)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | Path | None,
+                         force_download: bool, local_files_only: bool, token: str | bool | None,
+                         device: str | torch.device = "auto", **model_kwargs: Any) -> "LatentFlowPipeline":
+        # the mixin passes config.json's fields that are __init__ arguments; the strict loader reads them itself
+        unexpected = sorted(set(model_kwargs) - set(cls._hub_mixin_init_parameters))
+        if unexpected:
+            raise TypeError(f"from_pretrained() got unexpected keyword argument(s): {', '.join(unexpected)}")
+        from .hub import resolve_run
+
+        folder = resolve_run(model_id, download=not local_files_only, revision=revision, token=token,
+                             cache_dir=cache_dir, force_download=force_download, files=MODEL_FILES)
+        return cls.load(folder, device)
+
+    def push_to_hub(self, repo_id: str, *, config: dict | None = None,
+                    commit_message: str = "Upload latentflows pipeline", private: bool | None = None,
+                    token: str | None = None, branch: str | None = None, create_pr: bool | None = None,
+                    allow_patterns: list[str] | str | None = None, ignore_patterns: list[str] | str | None = None,
+                    delete_patterns: list[str] | str | None = None,
+                    model_card_kwargs: dict[str, Any] | None = None) -> str:
+        """Upload ``config.json``, ``model.safetensors`` and the model card to the Hub repo
+        ``repo_id`` (created if needed) in one commit; the commit's URL.
+
+        For a run folder with its samples picture and evaluation, ``latentflows.hub.push``
+        (``latentflows push RUN owner/name``) uploads those too. Failures are one line
+        (``LatentflowsError``). Arguments as ``huggingface_hub.ModelHubMixin.push_to_hub``.
+        """
+        from .hub import upload_errors
+
+        card = {"repo_id": repo_id, **(model_card_kwargs or {})}
+        with upload_errors(repo_id):
+            return super().push_to_hub(repo_id, config=config, commit_message=commit_message, private=private,
+                                       token=token, branch=branch, create_pr=create_pr, allow_patterns=allow_patterns,
+                                       ignore_patterns=ignore_patterns, delete_patterns=delete_patterns,
+                                       model_card_kwargs=card)
 
 
 def load(run_dir: str | Path, device: str | torch.device = "auto") -> LatentFlowPipeline:

@@ -427,7 +427,7 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
                  download: bool = True, samples_per_class: int | None = None, seed: int = 0,
                  temperature: float = 1.0, classifier_epochs: int = 12, judge: str | Path | None = None,
                  imagenet: Sequence[int] = (0, 2), progress: bool = True,
-                 device: str | torch.device | Runtime = "auto") -> dict:
+                 device: str | torch.device | Runtime = "auto", classifier_dir: str | Path | None = None) -> dict:
     """Evaluate a run folder on its own split; write ``eval.json`` and ``eval-nearest.png``.
 
     The judge classifier is trained once and kept in ``RUN/classifier/``, so later
@@ -456,6 +456,8 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
             ``"cuda"``, ``"cuda:N"``, ``"mps"``, a ``torch.device`` or a ``Runtime``. The
             pipeline and the networks are loaded there; the work runs in the runtime's
             ``session()``; the judge is saved as CPU tensors.
+        classifier_dir: where this run's judge is kept (default ``RUN/classifier``; e.g. beside
+            ``out`` for a run downloaded from the Hub, whose folder is not ours to write).
     """
     from ..pipeline import load
     from ..plots import nearest_neighbour_grid
@@ -485,7 +487,7 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
         config = run.config()
         dataset = run.dataset(source, progress=progress)
         train_set, val_set = run_split(dataset, config)
-        classifier_dir = Path(judge) if judge is not None else run_dir / CLASSIFIER_DIR
+        classifier_dir = Path(judge) if judge is not None else Path(classifier_dir or run_dir / CLASSIFIER_DIR)
         if judge is not None and not (classifier_dir / "model.json").is_file():
             raise ModelFileError(f"{classifier_dir}: no judge classifier there (expected RUN/classifier of an "
                                  f"evaluated run)")
