@@ -250,3 +250,12 @@ def test_a_layer_that_cannot_be_exported_is_named(tmp_path, monkeypatch):
     with pytest.raises(LatentflowsError, match=r"cannot be exported to ONNX \(these parts cannot be: LULinear\)"):
         export.export_onnx(pipeline, tmp_path / "generator.onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_the_readme_shows_the_tested_numpy_script():
+    from pathlib import Path
+
+    from latentflows.export import NUMPY_EXAMPLE
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert NUMPY_EXAMPLE.strip() in readme
