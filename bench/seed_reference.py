@@ -115,7 +115,41 @@ def seed_decode(autoencoder: ConvAutoencoder, embedding: Tensor) -> Tensor:
     return autoencoder.decoder(features)
 
 
-class SeedAutoencoderStep:
+class TimedSteps:
+    """One notebook-style training step per call, timing the batch fetch apart from the whole.
+
+    Subclasses set ``batches`` (an endless iterator), ``module``, ``optimizer`` and ``device``,
+    and define ``loss(batch)``: the step is the notebook's (fetch, forward, ``loss.item()``,
+    which it logs every step, zero_grad, backward, Adam).
+    """
+
+    batches: Iterator
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+
+    def loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self) -> None:
+        started = time.perf_counter()
+        batch = next(self.batches)
+        fetched = time.perf_counter()
+        loss = self.loss(batch)
+        loss.item()  # the notebook logs every step's loss
+        self.module.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.data_seconds += fetched - started
+        self.step_seconds += time.perf_counter() - started
+        self.steps += 1
+
+    def reset_counts(self) -> None:
+        self.data_seconds = self.step_seconds = 0.0
+        self.steps = 0
+
+
+class SeedAutoencoderStep(TimedSteps):
     """One notebook-style autoencoder step per call; keeps the time spent fetching batches.
 
     ``data_seconds`` is the time spent in the loader's ``next()`` (fetching, decoding and
@@ -129,27 +163,12 @@ class SeedAutoencoderStep:
         self.criterion = nn.MSELoss()
         self.optimizer = torch.optim.Adam(self.autoencoder.parameters(), lr=1e-4, weight_decay=1e-5)
         self.batches = endless(loader if loader is not None else photo_loader())
-        self.data_seconds = self.step_seconds = 0.0
-        self.steps = 0
+        self.module = self.autoencoder
+        self.reset_counts()
 
-    def __call__(self) -> None:
-        started = time.perf_counter()
-        x, _ = next(self.batches)
-        fetched = time.perf_counter()
-        x = x.to(self.device)
-        reconstruction = seed_decode(self.autoencoder, seed_encode(self.autoencoder, x))
-        loss = self.criterion(reconstruction, x)
-        loss.item()  # the notebook logs every step's loss
-        self.autoencoder.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        self.data_seconds += fetched - started
-        self.step_seconds += time.perf_counter() - started
-        self.steps += 1
-
-    def reset_counts(self) -> None:
-        self.data_seconds = self.step_seconds = 0.0
-        self.steps = 0
+    def loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x = batch[0].to(self.device)
+        return self.criterion(seed_decode(self.autoencoder, seed_encode(self.autoencoder, x)), x)
 
 
 # ---------------------------------------------------------------------------- flow
@@ -280,7 +299,7 @@ class SeedRealNVP(nn.Module):
         return x, self.prior.log_prob(u).sum(1) + log_det
 
 
-class SeedFlowStep:
+class SeedFlowStep(TimedSteps):
     """One notebook-style flow step per call, from a loader over a list of (embedding, label)."""
 
     def __init__(self, embeddings: Tensor, labels: Tensor, batch_size: int = NOTEBOOK_BATCH,
@@ -290,28 +309,14 @@ class SeedFlowStep:
         self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=1e-4, weight_decay=1e-5)
         pairs = [(embeddings[i], labels[i]) for i in range(len(embeddings))]
         self.batches = endless(DataLoader(pairs, batch_size, shuffle=True))
-        self.data_seconds = self.step_seconds = 0.0
-        self.steps = 0
+        self.module = self.flow
+        self.reset_counts()
 
-    def __call__(self) -> None:
-        started = time.perf_counter()
-        x, y = next(self.batches)
-        fetched = time.perf_counter()
-        x, y = x.to(self.device), y.to(self.device)
+    def loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x, y = batch[0].to(self.device), batch[1].to(self.device)
         context = nn.functional.one_hot(y, 2).to(self.device).float()
         u, log_det = self.flow(x, context)
-        loss = -torch.mean(self.flow.prior.log_prob(u).sum(1) + log_det)
-        loss.item()
-        self.flow.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        self.data_seconds += fetched - started
-        self.step_seconds += time.perf_counter() - started
-        self.steps += 1
-
-    def reset_counts(self) -> None:
-        self.data_seconds = self.step_seconds = 0.0
-        self.steps = 0
+        return -torch.mean(self.flow.prior.log_prob(u).sum(1) + log_det)
 
 
 # ---------------------------------------------------------------------------- generation

@@ -3,6 +3,8 @@ import os
 import pytest
 import torch
 
+from latentflows.training import Callback
+
 
 @pytest.fixture(autouse=True, scope="session")
 def isolated_cache(tmp_path_factory):
@@ -73,3 +75,14 @@ def tiny_config():
     return PRESETS["quick"].with_options(width=8, embedding_dim=64, ae_epochs=2, ae_batch_size=32, couplings=3,
                                          hidden=[32], flow_epochs=3, flow_batch_size=64).with_values(
         {"stages.flow.config.patience": None})
+
+
+class InterruptAt(Callback):
+    """A callback that raises KeyboardInterrupt (Ctrl-C) after a given stage's epoch."""
+
+    def __init__(self, stage, epoch):
+        self.stage, self.epoch = stage, epoch
+
+    def on_epoch_end(self, trainer, record):
+        if (record.stage, record.epoch) == (self.stage, self.epoch):
+            raise KeyboardInterrupt

@@ -9,10 +9,10 @@ import time
 
 import pytest
 import torch
+from conftest import InterruptAt
 from safetensors.torch import load_file
 
 import latentflows as lf
-from latentflows.training import Callback
 
 
 def weights(run):
@@ -23,15 +23,6 @@ def assert_same_weights(a, b):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-
-
-class InterruptAt(Callback):
-    def __init__(self, stage, epoch):
-        self.stage, self.epoch = stage, epoch
-
-    def on_epoch_end(self, trainer, record):
-        if (record.stage, record.epoch) == (self.stage, self.epoch):
-            raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize("stage,epoch", [("autoencoder", 2), ("flow", 2), ("flow", 5)])

@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import InterruptAt
 from safetensors.torch import load_file
 
 import latentflows as lf
 from latentflows.extras import MissingExtraError
 from latentflows.plots import image_grid
 from latentflows.runs import run_split
-from latentflows.training import Callback
 
 AE_EPOCHS, FLOW_EPOCHS, EVERY = 3, 3, 2
 SIDE = 8 * (64 + 2) + 2  # a grid row: 8 images of 64 px, 2 px of padding around each
@@ -124,15 +124,6 @@ def test_logging_changes_no_weight(watched, small_pets, config, tmp_path):
     for key in logged:
         assert torch.equal(logged[key], unlogged[key]), key
     assert not (plain / "tensorboard").exists()
-
-
-class InterruptAt(Callback):
-    def __init__(self, stage, epoch):
-        self.stage, self.epoch = stage, epoch
-
-    def on_epoch_end(self, trainer, record):
-        if (record.stage, record.epoch) == (self.stage, self.epoch):
-            raise KeyboardInterrupt
 
 
 def test_a_resumed_run_continues_the_event_files_without_repeating_a_step(watched, small_pets, config, tmp_path,
