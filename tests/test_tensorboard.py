@@ -169,3 +169,23 @@ def test_without_the_extra_one_line_names_the_pip_command(small_pets, tiny_confi
     assert not (tmp_path / "run").exists()  # refused before anything was written
     with pytest.raises(MissingExtraError, match=r"pip install 'latentflows\[tensorboard\]'"):
         lf.training.TensorBoardLogger(tmp_path / "events")
+
+
+def test_the_command_line_reports_a_missing_extra_before_any_work(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    from latentflows.cli import main
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("tensorboard") or name == "torch.utils.tensorboard":
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    monkeypatch.setattr("importlib.import_module", lambda name, *a: no_tensorboard(name))
+    assert main(["train", "--log", "tensorboard", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'latentflows[tensorboard]'" in err
+    assert not (tmp_path / "run").exists()

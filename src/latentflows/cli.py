@@ -191,6 +191,10 @@ def run_train(args: argparse.Namespace) -> None:
 
     _import_modules(args.imports)
     runtime = _runtime(args)  # an unavailable device fails before the slow steps
+    if "tensorboard" in args.log:  # so does a missing extra
+        from .training.tensorboard import summary_writer
+
+        summary_writer()
     if args.resume is not None:
         given = [f"--{name}" for name in OPTIONS if getattr(args, name.replace("-", "_")) is not None]
         given += ["--set"] * bool(args.set) + ["--preset"] * (args.preset != "quick") + ["--compile"] * bool(args.compile)
