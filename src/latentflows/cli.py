@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .config import OPTIONS, PRESETS, integer, parse_set, positive_float, positive_int
 from .errors import LatentflowsError
+from .extras import require
 from .runtime import DEVICE_HELP, PRECISIONS, Runtime, as_runtime
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=_positive_float, default=1.0, help="scale of the base noise (default 1)")
     sample.add_argument("--seed", type=_int, default=0)
     sample.add_argument("--out", type=Path, required=True, help="PNG grid to write, highest log-density first")
-    sample.add_argument("--npy", type=Path, help="also write the uint8 images (n, 64, 64, 3) as .npy")
+    sample.add_argument("--npy", type=Path, help="also write the uint8 images (n, S, S, 3) as .npy")
     sample.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
     evaluate = commands.add_parser("evaluate", help="measure a trained run on its validation split, write eval.json")
@@ -375,6 +376,8 @@ def run_info(args: argparse.Namespace) -> None:
 
 # commands whose RUN may also be a Hugging Face Hub id (owner/name), downloaded to the HF cache
 TAKES_A_RUN = ("sample", "evaluate", "interpolate", "info", "export", "demo")
+# the optional modules a command needs: (module, extra)
+NEEDS = {"export": [("onnx", "export"), ("onnxruntime", "export")], "demo": [("gradio", "demo")]}
 
 
 def _resolve_run(args: argparse.Namespace) -> None:
@@ -406,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        for module, extra in NEEDS.get(args.command, ()):  # a missing extra before any download
+            require(module, extra)
         if args.command in TAKES_A_RUN:
             _resolve_run(args)
         {"train": run_train, "sample": run_sample, "evaluate": run_evaluate, "compare": run_compare,
