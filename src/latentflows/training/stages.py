@@ -353,17 +353,18 @@ class FlowStage(Stage):
         with torch.no_grad():
             train_x, head_logabsdet = head(raw_train)
             val_x, _ = head(raw_val)
-        fit_leading_layers(getattr(flow, "body", flow.transform), train_x, context.one_hot(context.train_set.labels))
+        train_context = context.one_hot(context.train_set.labels)
+        fit_leading_layers(getattr(flow, "body", flow.transform), train_x, train_context)
         objective = self.objective().to(context.runtime.device)
         model = FlowTraining(flow, self.noise, objective, head_logabsdet[0])
         updates = self.updates(flow, objective)
         callbacks = self.schedule_callbacks(updates)
         if self.patience:
             callbacks.append(EarlyStopping("loss", self.patience))
-        train, val = context.train_set, context.val_set
+        val = context.val_set
         return StagePlan(
             model=model, updates=updates, loss_fn=_call_model,
-            train_batches=Batches(context.runtime.place([train_x, context.one_hot(train.labels)]), self.batch_size,
+            train_batches=Batches(context.runtime.place([train_x, train_context]), self.batch_size,
                                   shuffle=True, seed=context.seed + 1, drop_last=True),
             val_batches=Batches(context.runtime.place([val_x, context.one_hot(val.labels)]), 1024),
             epochs=self.epochs,
