@@ -134,13 +134,15 @@ class ConvAutoencoder(nn.Module, Configurable):
         features = self.encoder(x.contiguous(memory_format=torch.channels_last))
         return self.fc_encode(features.flatten(1))
 
-    def decode(self, embedding: Tensor) -> Tensor:
+    def decode(self, embedding: Tensor, context: Tensor | None = None) -> Tensor:
+        """Embeddings -> images; ``context`` (one-hot classes) is accepted and unused: the decoder
+        is not class-conditional."""
         features = self.fc_decode(embedding).view(-1, *self.bottom)
         return self.decoder(features.contiguous(memory_format=torch.channels_last))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         embedding = self.encode(x)
-        return self.decode(embedding), embedding
+        return self.decode(embedding, context), embedding
 
     def get_config(self) -> dict[str, Any]:
         return {"embedding_dim": self.embedding_dim, "width": self.width, "image_size": self.image_size,
@@ -180,6 +182,43 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+class ClassConditionalNorm(nn.Module):
+    """GroupNorm whose scale and shift depend on the class: ``norm(x) * (1 + g(c)) + b(c)``.
+
+    ``g`` and ``b`` are linear maps of the one-hot class (so a mixture of two classes, as in
+    an interpolation, gives the mixture of their scales and shifts); they start at zero, so
+    a new layer is a plain GroupNorm. This is how a decoder learns what a class looks like
+    beyond what the code holds.
+
+    Args:
+        groups: GroupNorm groups (must divide ``channels``).
+        channels: the features' channels.
+        classes: the size of the one-hot context.
+
+    References:
+        de Vries et al., "Modulating early visual processing by language", NeurIPS 2017,
+        arXiv:1707.00683 (conditional normalization); Brock, Donahue, Simonyan, "Large Scale
+        GAN Training for High Fidelity Natural Image Synthesis", ICLR 2019, arXiv:1809.11096.
+
+    Example:
+        >>> import torch
+        >>> norm = ClassConditionalNorm(2, 4, classes=3)
+        >>> x, context = torch.randn(2, 4, 5, 5), torch.eye(3)[[0, 2]]
+        >>> torch.allclose(norm(x, context), nn.GroupNorm(2, 4)(x), atol=1e-6)   # a new layer
+        True
+    """
+
+    def __init__(self, groups: int, channels: int, classes: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.modulation = nn.Linear(classes, 2 * channels, bias=False)
+        nn.init.zeros_(self.modulation.weight)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        scale, shift = self.modulation(context.to(x.dtype)).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+        return self.norm(x) * (1 + scale) + shift
+
+
 LATENT_SIDE = 8  # SpatialAutoencoder's latent side with downsample="auto", whatever the image size
 
 
@@ -205,6 +244,10 @@ class SpatialAutoencoder(nn.Module, Configurable):
             128 px: 16, 256 px: 32). ``get_config`` saves the resolved number.
         blocks: residual blocks at the latent resolution, in the encoder and in the decoder.
         groups: GroupNorm groups.
+        classes: 0 (the default) for a decoder that sees only the code; a number of classes
+            for a class-conditional decoder (its upsampling norms are ``ClassConditionalNorm``),
+            which then needs the one-hot class as ``context`` to decode; ``"auto"`` in a run's
+            config: the training stage puts in the data's number of classes.
 
     Image size: with ``downsample="auto"`` the embedding keeps its size and layout (8x8
     positions) at every size; each doubling of the side adds one halving to the encoder
@@ -241,11 +284,19 @@ class SpatialAutoencoder(nn.Module, Configurable):
         ((2, 3, 32, 32), (2, 64), (1, 8, 8), 4)
         >>> SpatialAutoencoder(embedding_dim=64, width=8, image_size=32, downsample=8).latent_shape
         (4, 4, 4)
+        >>> conditional = SpatialAutoencoder(embedding_dim=64, width=8, image_size=32, classes=2).eval()
+        >>> tuple(conditional.decode(torch.zeros(2, 64), torch.eye(2)).shape)
+        (2, 3, 32, 32)
     """
 
     def __init__(self, embedding_dim: int = 256, width: int = 32, image_size: int = 64,
-                 downsample: int | str = "auto", blocks: int = 1, groups: int = 8):
+                 downsample: int | str = "auto", blocks: int = 1, groups: int = 8, classes: int | str = 0):
         super().__init__()
+        if classes == "auto":
+            raise ValueError("classes='auto' is filled in by the training stage from the data; "
+                             "give the number of classes (or 0 for a decoder without them)")
+        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0 or classes == 1:
+            raise ValueError(f"classes must be 0 (no class input) or a number of classes >= 2, got {classes!r}")
         if downsample == "auto":
             downsample = self.auto_downsample(image_size)
         if not isinstance(downsample, int) or isinstance(downsample, bool):
@@ -262,7 +313,7 @@ class SpatialAutoencoder(nn.Module, Configurable):
         if width < 1 or width % groups:
             raise ValueError(f"width must be a positive multiple of groups={groups}, got {width}")
         self.embedding_dim, self.width, self.image_size = embedding_dim, width, image_size
-        self.downsample, self.blocks, self.groups = downsample, blocks, groups
+        self.downsample, self.blocks, self.groups, self.classes = downsample, blocks, groups, classes
         self.latent_shape = (embedding_dim // (side * side), side, side)
         # channels after each halving: w, 2w, 4w, 4w, ...; no convolution runs at full resolution
         channels = [width * min(2 ** i, 4) for i in range(levels)]
@@ -277,8 +328,8 @@ class SpatialAutoencoder(nn.Module, Configurable):
         up: list[nn.Module] = [nn.Conv2d(self.latent_shape[0], channels[-1], 3, padding=1)]
         up += [ResidualBlock(channels[-1], groups) for _ in range(blocks)]
         for c_in, c_out in zip(channels[::-1], channels[-2::-1] + [3]):
-            up += [nn.GroupNorm(groups, c_in), nn.SiLU(), nn.Upsample(scale_factor=2, mode="nearest"),
-                   nn.Conv2d(c_in, c_out, 3, padding=1)]
+            norm = ClassConditionalNorm(groups, c_in, classes) if classes else nn.GroupNorm(groups, c_in)
+            up += [norm, nn.SiLU(), nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1)]
         up += [nn.Tanh()]
         self.decoder = nn.Sequential(*up)
         self.to(memory_format=torch.channels_last)
@@ -306,17 +357,28 @@ class SpatialAutoencoder(nn.Module, Configurable):
     def encode(self, x: Tensor) -> Tensor:
         return self.encoder(x.contiguous(memory_format=torch.channels_last)).flatten(1)
 
-    def decode(self, embedding: Tensor) -> Tensor:
-        latent = embedding.reshape(-1, *self.latent_shape).contiguous(memory_format=torch.channels_last)
-        return self.decoder(latent)
+    def decode(self, embedding: Tensor, context: Tensor | None = None) -> Tensor:
+        """Embeddings -> images in [-1, 1]; ``context``, the one-hot classes (batch, classes), is
+        required by a class-conditional decoder and unused otherwise."""
+        x = embedding.reshape(-1, *self.latent_shape).contiguous(memory_format=torch.channels_last)
+        if not self.classes:
+            return self.decoder(x)
+        if context is None or context.shape != (len(embedding), self.classes):
+            raise ValueError(f"this decoder is class-conditional: pass the one-hot classes as context, shape "
+                             f"({len(embedding)}, {self.classes}); got "
+                             f"{None if context is None else tuple(context.shape)}")
+        for layer in self.decoder:
+            x = layer(x, context) if isinstance(layer, ClassConditionalNorm) else layer(x)
+        return x
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         embedding = self.encode(x)
-        return self.decode(embedding), embedding
+        return self.decode(embedding, context), embedding
 
     def get_config(self) -> dict[str, Any]:
-        return {"embedding_dim": self.embedding_dim, "width": self.width, "image_size": self.image_size,
-                "downsample": self.downsample, "blocks": self.blocks, "groups": self.groups}
+        config = {"embedding_dim": self.embedding_dim, "width": self.width, "image_size": self.image_size,
+                  "downsample": self.downsample, "blocks": self.blocks, "groups": self.groups}
+        return {**config, "classes": self.classes} if self.classes else config
 
 
 @torch.no_grad()
@@ -334,12 +396,20 @@ def encode_images(autoencoder: nn.Module, images: Tensor, batch_size: int = 256)
 
 
 @torch.no_grad()
-def decode_embeddings(autoencoder: nn.Module, embeddings: Tensor, batch_size: int = 256) -> Tensor:
-    """Embeddings -> uint8 images on the CPU, in batches, in eval mode (the mode found is restored)."""
+def decode_embeddings(autoencoder: nn.Module, embeddings: Tensor, batch_size: int = 256,
+                      context: Tensor | None = None) -> Tensor:
+    """Embeddings (and, for a class-conditional decoder, their one-hot classes) -> uint8 images
+    on the CPU, in batches, in eval mode (the mode found is restored)."""
     with evaluation_mode(autoencoder):
-        parts = [to_uint8(autoencoder.decode(embeddings[i : i + batch_size])).cpu()
+        parts = [to_uint8(autoencoder.decode(embeddings[i : i + batch_size],
+                                             None if context is None else context[i : i + batch_size])).cpu()
                  for i in range(0, len(embeddings), batch_size)]
     return torch.cat(parts)
+
+
+def is_class_conditional(autoencoder: nn.Module) -> bool:
+    """Whether the autoencoder's decoder needs the class (``classes`` > 0)."""
+    return bool(getattr(autoencoder, "classes", 0))
 
 
 def _init_weights(module: nn.Module) -> None:

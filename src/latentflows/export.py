@@ -195,7 +195,7 @@ class Generator(nn.Module):
         with evaluation_mode(self.pipeline):
             embeddings, logabsdet = self._inverse(flow.transform, noise, class_one_hot)
             log_prob = flow.base.log_prob(noise) - logabsdet
-            images = self.pipeline.autoencoder.decode(embeddings)
+            images = self.pipeline.autoencoder.decode(embeddings, class_one_hot)
         return images, log_prob
 
 
@@ -222,7 +222,7 @@ class _OneLayer(nn.Module):
     def forward(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         with evaluation_mode(self.generator.pipeline):
             if self.layer is None:
-                return self.generator.pipeline.autoencoder.decode(z), context
+                return self.generator.pipeline.autoencoder.decode(z, context), context
             return self.generator._inverse(self.layer, z, context)
 
 

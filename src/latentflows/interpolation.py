@@ -60,5 +60,5 @@ def interpolate(pipeline: LatentFlowPipeline, start_label: str | int, end_label:
         for mode in modes:
             path = interpolation_path(ends[0], ends[1], steps, mode).to(pipeline.device)
             embeddings, _ = pipeline.flow.transform.inverse(path, context.to(pipeline.device))
-            rows[mode] = pipeline.decode(embeddings)
+            rows[mode] = pipeline.decode(embeddings, context)
     return rows

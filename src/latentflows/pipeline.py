@@ -19,7 +19,7 @@ from huggingface_hub import ModelHubMixin
 from torch import Tensor, nn
 
 from ._version import __version__
-from .autoencoder import decode_embeddings, encode_images
+from .autoencoder import decode_embeddings, encode_images, is_class_conditional
 from .compat import pipeline_config_from_v1, weights_from_v1
 from .errors import LatentflowsError, ModelFileError
 from .flows import Flow
@@ -99,13 +99,20 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
         """uint8 images (anywhere) -> the autoencoder's embeddings (what the flow models), on its device."""
         return encode_images(self.autoencoder, images, batch_size)
 
-    def decode(self, embeddings: Tensor, batch_size: int = 256) -> Tensor:
-        """Embeddings -> uint8 images (on the CPU)."""
-        return decode_embeddings(self.autoencoder, embeddings.to(self.device), batch_size)
+    def decode(self, embeddings: Tensor, context: Tensor | None = None, batch_size: int = 256) -> Tensor:
+        """Embeddings -> uint8 images (on the CPU). ``context``: the classes as one-hot rows
+        (``one_hot``), which a class-conditional decoder needs and any other ignores."""
+        if context is not None:
+            context = context.to(self.device)
+        elif is_class_conditional(self.autoencoder):
+            raise LatentflowsError("this model's decoder is class-conditional: decode(embeddings, "
+                                   "pipeline.one_hot(labels)) needs the classes of the embeddings")
+        return decode_embeddings(self.autoencoder, embeddings.to(self.device), batch_size, context)
 
-    def reconstruct(self, images: Tensor) -> Tensor:
-        """uint8 images -> their uint8 reconstructions."""
-        return self.decode(self.embed(images))
+    def reconstruct(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
+        """uint8 images -> their uint8 reconstructions (a class-conditional decoder also needs
+        the images' labels)."""
+        return self.decode(self.embed(images), None if labels is None else self.one_hot(labels))
 
     def one_hot(self, labels: Tensor) -> Tensor:
         """Class labels -> the flow's context vectors."""
@@ -135,7 +142,8 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
             generator = torch.Generator().manual_seed(seed)
             embeddings, log_prob = self.flow.sample_and_log_prob(n, context, temperature, generator)
         order = torch.argsort(log_prob, descending=True)
-        return Samples(self.decode(embeddings[order]), log_prob[order].cpu(), self.class_names[index])
+        return Samples(self.decode(embeddings[order], context.expand(n, -1)), log_prob[order].cpu(),
+                       self.class_names[index])
 
     @torch.no_grad()
     def log_prob(self, images: Tensor, labels: Tensor) -> Tensor:

@@ -106,7 +106,8 @@ def write_run_figures(pipeline: LatentFlowPipeline, run_dir: Path, val_set: Imag
     pick = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(seed))[:n]
     originals = val_set.images[pick]
     names = [val_set.class_names[i] for i in val_set.labels[pick].tolist()]
-    reconstruction_grid(originals, pipeline.reconstruct(originals), names, figures / "reconstructions.png")
+    reconstruction = pipeline.reconstruct(originals, val_set.labels[pick])
+    reconstruction_grid(originals, reconstruction, names, figures / "reconstructions.png")
     samples = [pipeline.generate(name, n, seed=seed + k) for k, name in enumerate(pipeline.class_names[:10])]
     sample_grid(samples, figures / "samples.png")
 

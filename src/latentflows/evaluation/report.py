@@ -121,10 +121,11 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
                                  "device": str(device)}}
 
     _log(progress, "evaluate: autoencoder reconstructions")
-    reconstructions = pipeline.reconstruct(val_set.images)
+    reconstructions = pipeline.reconstruct(val_set.images, val_set.labels)
     report["autoencoder"] = {
         "val": measures.reconstruction_quality(val_set.images, reconstructions, device=device),
-        "train": measures.reconstruction_quality(train_set.images, pipeline.reconstruct(train_set.images), device=device),
+        "train": measures.reconstruction_quality(train_set.images, pipeline.reconstruct(train_set.images, train_set.labels),
+                                                 device=device),
     }
 
     # where class is lost: in the encoder (a low probe) or the decoder (a low judge, below)

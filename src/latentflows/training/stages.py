@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..autoencoder import encode_images, to_signed_unit
+from ..autoencoder import encode_images, is_class_conditional, to_signed_unit
 from ..data import ImageDataset
 from ..flows import Flow, Standardize, fit_leading_layers
 from ..layers import GaussianNoise
@@ -184,12 +184,15 @@ class AutoencoderTraining(nn.Module):
         if self.flip and self.training:
             mirrored = torch.rand(len(x), device=x.device) < 0.5
             x = torch.where(mirrored[:, None, None, None], x.flip(-1), x)
+        context = (nn.functional.one_hot(labels, self.autoencoder.classes).to(x.dtype)
+                   if is_class_conditional(self.autoencoder) else None)
         if self.latent_noise and self.training:
             embedding = self.autoencoder.encode(x)
             spread = embedding.detach().std(0, keepdim=True)
-            reconstruction = self.autoencoder.decode(embedding + self.latent_noise * spread * torch.randn_like(embedding))
+            reconstruction = self.autoencoder.decode(
+                embedding + self.latent_noise * spread * torch.randn_like(embedding), context)
         else:
-            reconstruction, embedding = self.autoencoder(x)
+            reconstruction, embedding = self.autoencoder(x, context)
         return self.objective({"images": x, "reconstruction": reconstruction, "embedding": embedding,
                                "labels": labels, "autoencoder": self.autoencoder})
 
@@ -225,16 +228,19 @@ class AutoencoderStage(Stage):
             raise ValueError(f"latent_noise must be a number in [0, 10), got {latent_noise!r}")
         self.flip, self.latent_noise = flip, float(latent_noise)
 
-    def build_model(self, image_size: int) -> nn.Module:
-        return build(self.model_spec, nn.Module, image_size=image_size)
+    def build_model(self, image_size: int, classes: int) -> nn.Module:
+        """The autoencoder of ``model``, at the run's image size; ``classes: "auto"`` in its
+        config becomes the data's number of classes."""
+        extra = {"classes": classes} if self.model_spec.get("config", {}).get("classes") == "auto" else {}
+        return build(self.model_spec, nn.Module, image_size=image_size, **extra)
 
     def dry_run(self, shapes: dict[str, Any]) -> dict[str, Any]:
-        autoencoder = self.build_model(shapes["image_size"])
+        autoencoder = self.build_model(shapes["image_size"], shapes.get("classes", 2))
         self.objective()
         return {**shapes, "embedding_dim": autoencoder.embedding_dim}
 
     def plan(self, context: StageContext) -> StagePlan:
-        autoencoder = self.build_model(context.image_size)
+        autoencoder = self.build_model(context.image_size, len(context.class_names))
         objective = self.objective()
         for term in objective.terms.values():
             term.bind({"embedding_dim": autoencoder.embedding_dim, "classes": len(context.class_names),

@@ -128,6 +128,7 @@ class TensorBoardLogger(Callback):
         self.log_dir = Path(log_dir)
         self.writer = summary_writer()(str(self.log_dir), purge_step=self.first_step if completed is not None else None)
         self._validation: Tensor | None = None
+        self._validation_labels: Tensor | None = None
         if hparams is not None and completed is None:
             self._write_hparams(hparams)
         self.writer.flush()
@@ -194,14 +195,20 @@ class TensorBoardLogger(Callback):
             self.writer.add_image(tag, grid, step, dataformats="HWC")
 
     def _reconstructions(self, autoencoder: nn.Module) -> list[Tensor]:
-        from ..autoencoder import decode_embeddings, encode_images
+        from ..autoencoder import decode_embeddings, encode_images, is_class_conditional
 
         if self._validation is None:  # the same images every time, as in the run's figures
             val_set = self.context.val_set
             pick = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(self.context.seed))
             self._validation = val_set.images[pick[: self.columns]].cpu()
+            self._validation_labels = val_set.labels[pick[: self.columns]].cpu()
+        context = None
+        if is_class_conditional(autoencoder):
+            context = nn.functional.one_hot(self._validation_labels, autoencoder.classes).float()
+            context = context.to(next(autoencoder.parameters()).device)
         with evaluation_mode(autoencoder):
-            reconstructions = decode_embeddings(autoencoder, encode_images(autoencoder, self._validation))
+            reconstructions = decode_embeddings(autoencoder, encode_images(autoencoder, self._validation),
+                                                context=context)
         return [self._validation, reconstructions]
 
     def _samples(self, flow: nn.Module) -> list[Tensor] | None:
