@@ -7,11 +7,15 @@ validation NLL (nats per dimension, of the standardized data) and sampling throu
     python bench/flow_vs_zuko.py --embeddings emb.npy --labels labels.npy --epochs 50
     python bench/flow_vs_zuko.py --synthetic --epochs 1          # a smoke test, seconds
     python bench/flow_vs_zuko.py --synthetic --models affine,spline --out results.json
+    python bench/flow_vs_zuko.py --embeddings emb.npy --labels labels.npy --epochs 100 --patience 15 \
+        --noise 0.05 --models affine-whitened,zuko-nsf     # as a run trains: keep the best epoch
 
 The models (``--models``, comma-separated):
     affine             ConditionalRealNVP with its default couplings (TanhAffine), permutations, batch norm
     spline             the same with RationalQuadraticSpline couplings
     spline-lu-actnorm  spline couplings, LULinear mixing and ActNorm instead of permutation and batch norm
+    affine-whitened    affine, after a ClassWhitening layer fitted to the training rows (the `quick` preset's flow)
+    spline-whitened    spline, after the same ClassWhitening layer
     zuko-nsf           zuko.flows.NSF with a one-hot class context (coupling form with --zuko-passes 2,
                        fully autoregressive with --zuko-passes 0); needs ``pip install zuko``
 
@@ -37,8 +41,9 @@ import torch
 from torch import Tensor, nn
 
 from latentflows import ConditionalRealNVP
+from latentflows.flows import fit_leading_layers
 
-MODELS = ("affine", "spline", "spline-lu-actnorm", "zuko-nsf")
+MODELS = ("affine", "spline", "spline-lu-actnorm", "affine-whitened", "spline-whitened", "zuko-nsf")
 ZUKO_MISSING = "zuko is not installed: pip install zuko   (an optional dependency of this benchmark only)"
 
 
@@ -124,6 +129,10 @@ def build(name: str, features: int, classes: int, args: argparse.Namespace) -> M
         return latentflows_model(features, classes, args, spline)
     if name == "spline-lu-actnorm":
         return latentflows_model(features, classes, args, spline, mixing="lu", normalization="actnorm")
+    if name == "affine-whitened":
+        return latentflows_model(features, classes, args, class_whitening=True)
+    if name == "spline-whitened":
+        return latentflows_model(features, classes, args, spline, class_whitening=True)
     if name == "zuko-nsf":
         return zuko_model(features, classes, args)
     raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
@@ -136,31 +145,61 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train(model: Model, x: Tensor, context: Tensor, args: argparse.Namespace, device: torch.device) -> tuple[float, float]:
-    """Adam on the mean NLL; returns (seconds, last epoch's mean training NLL in nats/dim)."""
+@dataclass
+class Training:
+    seconds: float  # training only (validation passes not counted)
+    train_nll: float  # mean training NLL of the last epoch (nats/dim)
+    epochs: int  # epochs run
+    best_epoch: int | None = None  # with --patience: the epoch whose weights were kept
+    seconds_to_best: float | None = None
+
+
+def train(model: Model, x: Tensor, context: Tensor, args: argparse.Namespace, device: torch.device,
+          validation: tuple[Tensor, Tensor] | None = None) -> Training:
+    """Adam on the mean NLL (with ``--noise``, of noisy rows). With ``--patience`` (and
+    ``validation``), the validation NLL is measured after every epoch and the best epoch's
+    weights are kept, stopping after ``patience`` epochs without a better one: as a run's flow
+    stage trains."""
+    with torch.no_grad():  # data-fitted first layers (ClassWhitening) see the training rows once
+        fit_leading_layers(getattr(model.module, "transform", model.module), x, context)
     optimizer = torch.optim.Adam(model.module.parameters(), lr=args.lr)
     generator = torch.Generator().manual_seed(args.seed)
-    model.module.train()
     synchronize(device)
-    started = time.perf_counter()
-    epoch_nll = float("nan")
-    for _ in range(args.epochs):
+    seconds, epoch_nll, epochs = 0.0, float("nan"), 0
+    best = (math.inf, None, None, None)  # (val NLL, epoch, seconds, weights)
+    for epoch in range(1, args.epochs + 1):
+        model.module.train()
+        started = time.perf_counter()
         order = torch.randperm(len(x), generator=generator)
         total, rows = 0.0, 0
         for start in range(0, len(x) - 1, args.batch_size):
             batch = order[start : start + args.batch_size]
             if len(batch) < 2:  # batch norm needs two rows
                 continue
-            loss = -model.log_prob(x[batch], context[batch]).mean()
+            rows_x = x[batch]
+            if args.noise:
+                rows_x = rows_x + args.noise * torch.randn(rows_x.shape, generator=generator).to(device)
+            loss = -model.log_prob(rows_x, context[batch]).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total, rows = total + loss.item() * len(batch), rows + len(batch)
-        epoch_nll = total / max(rows, 1) / x.shape[1]
+        synchronize(device)
+        seconds += time.perf_counter() - started
+        epoch_nll, epochs = total / max(rows, 1) / x.shape[1], epoch
         if not math.isfinite(epoch_nll):
             break
-    synchronize(device)
-    return time.perf_counter() - started, epoch_nll
+        if args.patience and validation is not None:
+            val = validation_nll(model, *validation)
+            if val < best[0]:
+                weights = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+                best = (val, epoch, seconds, weights)
+            elif epoch - best[1] >= args.patience:
+                break
+    if best[3] is not None:
+        model.module.load_state_dict(best[3])
+        return Training(seconds, epoch_nll, epochs, best[1], best[2])
+    return Training(seconds, epoch_nll, epochs)
 
 
 @torch.no_grad()
@@ -187,11 +226,13 @@ def sampling_rate(model: Model, context: Tensor, n: int, device: torch.device) -
 # ---------------------------------------------------------------------------------------------- report
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| model | parameters | train s | train NLL (nats/dim) | val NLL (nats/dim) | samples/s |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| model | parameters | train s | epochs (best) | s to best | train NLL (nats/dim) | val NLL (nats/dim) "
+             "| samples/s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r['model']} | {r['parameters']:,} | {r['train_seconds']:.2f} | {r['train_nll']:.4f} "
-                     f"| {r['val_nll']:.4f} | {r['samples_per_second']:,.0f} |")
+        best = f" ({r['best_epoch']})" if r.get("best_epoch") else ""
+        to_best = f"{r['seconds_to_best']:.1f}" if r.get("seconds_to_best") is not None else "-"
+        lines.append(f"| {r['model']} | {r['parameters']:,} | {r['train_seconds']:.2f} | {r['epochs']}{best} | {to_best} "
+                     f"| {r['train_nll']:.4f} | {r['val_nll']:.4f} | {r['samples_per_second']:,.0f} |")
     return "\n".join(lines)
 
 
@@ -223,6 +264,10 @@ def main() -> None:
     run.add_argument("--epochs", type=int, default=20)
     run.add_argument("--batch-size", type=int, default=256)
     run.add_argument("--lr", type=float, default=1e-3)
+    run.add_argument("--noise", type=float, default=0.0, help="Gaussian noise on the training rows (standardized units)")
+    run.add_argument("--patience", type=int, default=None,
+                     help="measure the validation NLL every epoch, keep the best epoch's weights and stop after "
+                          "this many epochs without a better one (a run's flow stage does this)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--samples", type=int, default=10_000, help="samples drawn to measure throughput")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -259,13 +304,14 @@ def main() -> None:
         model = build(name, features, classes, args)
         model.module.to(device)
         parameters = sum(p.numel() for p in model.module.parameters() if p.requires_grad)
-        seconds, train_nll = train(model, x[train_rows], context[train_rows], args, device)
+        fit = train(model, x[train_rows], context[train_rows], args, device, (x[val_rows], context[val_rows]))
         val = validation_nll(model, x[val_rows], context[val_rows])
         rate = sampling_rate(model, context[val_rows[0]], args.samples, device)
-        results.append({"model": name, "parameters": parameters, "train_seconds": seconds, "train_nll": train_nll,
-                        "val_nll": val, "samples_per_second": rate})
-        print(f"{name}: {parameters:,} parameters, {seconds:.1f} s, val NLL {val:.4f} nats/dim, "
-              f"{rate:,.0f} samples/s", file=sys.stderr)
+        results.append({"model": name, "parameters": parameters, "train_seconds": fit.seconds,
+                        "train_nll": fit.train_nll, "epochs": fit.epochs, "best_epoch": fit.best_epoch,
+                        "seconds_to_best": fit.seconds_to_best, "val_nll": val, "samples_per_second": rate})
+        print(f"{name}: {parameters:,} parameters, {fit.seconds:.1f} s, {fit.epochs} epochs (best {fit.best_epoch}), "
+              f"val NLL {val:.4f} nats/dim, {rate:,.0f} samples/s", file=sys.stderr)
 
     print(markdown(results))
     if args.out:
