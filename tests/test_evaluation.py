@@ -353,7 +353,10 @@ def test_interpolate_decodes_from_one_class_to_the_other(tiny_pipeline):
     assert set(rows) == {"linear", "spherical"}
     for images in rows.values():
         assert images.shape == (4, 3, 64, 64) and images.dtype == torch.uint8
-    assert torch.equal(rows["linear"][0], rows["spherical"][0]) and torch.equal(rows["linear"][-1], rows["spherical"][-1])
+    # the same two end points in both modes (slerp's ends equal them up to rounding, which the
+    # flow's inverse may carry into one level of a pixel, depending on the thread count)
+    for end in (0, -1):
+        assert (rows["linear"][end].int() - rows["spherical"][end].int()).abs().max() <= 1
     ends = torch.randn(2, tiny_pipeline.flow.features, generator=torch.Generator().manual_seed(5))
     start, _ = tiny_pipeline.flow.transform.inverse(ends[:1], tiny_pipeline.one_hot(torch.tensor([0])))
     # the same end point, decoded alone (matrix products over other batch sizes differ in the last bit)
