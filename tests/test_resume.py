@@ -101,12 +101,46 @@ def test_ctrl_c_exits_cleanly_and_the_run_resumes(tmp_path, pets_parquet):
         time.sleep(0.01)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == 130, err[-2000:]
     assert "latentflows train --resume" in err and "Traceback" not in err
     assert checkpoint.exists()
     resumed = subprocess.run(cli("--resume", str(run)), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert lf.load(run).class_names == ["cat", "dog"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_that_python_drops_in_a_finalizer_still_stops_training():
+    """Python drops an exception raised in ``__del__``, KeyboardInterrupt included; the trainer
+    remembers the Ctrl-C and raises it before the next step."""
+    from torch import nn
+
+    from latentflows.losses import MSELoss
+    from latentflows.training import Batches, Callback, Trainer, adam, supervised
+
+    class InterruptedFinalizer:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):  # the handler runs here, inside __del__
+                pass
+
+    class DropACtrlC(Callback):
+        returned = False
+
+        def on_epoch_end(self, trainer, record):
+            if not self.returned:
+                InterruptedFinalizer()  # collected at once
+                self.returned = True  # the KeyboardInterrupt did not come out of here
+
+    model, dropper = nn.Linear(3, 1), DropACtrlC()
+    trainer = Trainer(model, adam(model.parameters(), 1e-2), supervised(MSELoss()), callbacks=[dropper],
+                      progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(Batches([torch.randn(16, 3), torch.randn(16, 1)], 8), 5)
+    assert dropper.returned and [r.epoch for r in trainer.history] == [1]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    trainer.fit(Batches([torch.randn(16, 3), torch.randn(16, 1)], 8), 2)  # nothing left pending
+    assert len(trainer.history) == 3
 
 
 def test_files_from_a_newer_version_are_refused_with_a_clear_error(tmp_path, small_pets, tiny_config):

@@ -10,10 +10,13 @@ two updates. Every other entry of the dict is shown and logged.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
@@ -126,6 +129,52 @@ class Batches:
             else:
                 index = order[start:stop]
                 yield tuple(t[index] for t in self.tensors)
+
+
+# ------------------------------------------------------------------ Ctrl-C
+
+_PENDING_INTERRUPT = threading.Event()
+
+
+def _remember_and_raise(signum: int, frame: object) -> None:
+    _PENDING_INTERRUPT.set()
+    raise KeyboardInterrupt
+
+
+def raise_pending_interrupt() -> None:
+    """Raise the ``KeyboardInterrupt`` of a Ctrl-C that Python dropped (see ``remembered_interrupts``)."""
+    if _PENDING_INTERRUPT.is_set():
+        _PENDING_INTERRUPT.clear()
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def remembered_interrupts() -> Iterator[None]:
+    """While training, a Ctrl-C raises ``KeyboardInterrupt`` as usual and is also remembered
+    until it has been raised out of the training loop.
+
+    Python delivers the signal's exception wherever the main thread is; when that is a
+    finalizer (an old status bar's ``__del__``, a garbage collection), it prints "Exception
+    ignored" and training goes on, so a Ctrl-C would be lost now and then. The trainer checks
+    the remembered one before every step. Only Python's default handler is replaced (and
+    restored afterwards); outside the main thread nothing changes.
+
+    Example:
+        >>> with remembered_interrupts():
+        ...     raise_pending_interrupt()   # nothing pending: returns
+    """
+    previous = None
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous = signal.signal(signal.SIGINT, _remember_and_raise)
+    try:
+        yield
+    except KeyboardInterrupt:
+        _PENDING_INTERRUPT.clear()  # it reached the caller
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 @dataclass
@@ -415,7 +464,14 @@ class Trainer:
 
     def fit(self, train_batches: Iterable[tuple[Tensor, ...]], epochs: int,
             val_batches: Iterable[tuple[Tensor, ...]] | None = None, start_epoch: int = 1) -> list[EpochRecord]:
-        """Train epochs ``start_epoch`` .. ``epochs`` (``start_epoch`` > 1 after a resume)."""
+        """Train epochs ``start_epoch`` .. ``epochs`` (``start_epoch`` > 1 after a resume).
+
+        Ctrl-C raises ``KeyboardInterrupt`` here, never lost (see ``remembered_interrupts``)."""
+        with remembered_interrupts():
+            return self._fit(train_batches, epochs, val_batches, start_epoch)
+
+    def _fit(self, train_batches: Iterable[tuple[Tensor, ...]], epochs: int,
+             val_batches: Iterable[tuple[Tensor, ...]] | None, start_epoch: int) -> list[EpochRecord]:
         from tqdm.auto import tqdm
 
         self.train_batches = train_batches
@@ -432,6 +488,7 @@ class Trainer:
                        disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
             self._skipped = self.runtime.tensor(0)
             for step, batch in enumerate(bar, 1):
+                raise_pending_interrupt()
                 losses = self.train_step(batch)
                 self._accumulate(means, losses, len(batch[0]), counted=self.last_step_finite)
                 if self.progress and step % self.refresh_every == 0:  # loss values read only here
