@@ -93,8 +93,11 @@ def test_ctrl_c_exits_cleanly_and_the_run_resumes(tmp_path, pets_parquet):
     settings = ["--data", str(pets_parquet), "--limit", "600", "--width", "8", "--embedding-dim", "64",
                 "--ae-epochs", "12", "--couplings", "2", "--hidden", "32", "--flow-epochs", "2"]
     run = tmp_path / "run"
+    # Ctrl-C as in a terminal, even where the tests run in the background (``cmd &`` in a script
+    # starts them with SIGINT ignored, and Python keeps it ignored)
     process = subprocess.Popen(cli(*settings, "--out", str(run)), env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     checkpoint = run / "checkpoints" / "autoencoder.safetensors"
     deadline = time.time() + 120
     while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
@@ -135,12 +138,16 @@ def test_a_ctrl_c_that_python_drops_in_a_finalizer_still_stops_training():
     model, dropper = nn.Linear(3, 1), DropACtrlC()
     trainer = Trainer(model, adam(model.parameters(), 1e-2), supervised(MSELoss()), callbacks=[dropper],
                       progress=False)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit(Batches([torch.randn(16, 3), torch.randn(16, 1)], 8), 5)
-    assert dropper.returned and [r.epoch for r in trainer.history] == [1]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
-    trainer.fit(Batches([torch.randn(16, 3), torch.randn(16, 1)], 8), 2)  # nothing left pending
-    assert len(trainer.history) == 3
+    found = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (see the test above)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit(Batches([torch.randn(16, 3), torch.randn(16, 1)], 8), 5)
+        assert dropper.returned and [r.epoch for r in trainer.history] == [1]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+        trainer.fit(Batches([torch.randn(16, 3), torch.randn(16, 1)], 8), 2)  # nothing left pending
+        assert len(trainer.history) == 3
+    finally:
+        signal.signal(signal.SIGINT, found)
 
 
 def test_files_from_a_newer_version_are_refused_with_a_clear_error(tmp_path, small_pets, tiny_config):
