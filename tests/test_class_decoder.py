@@ -128,8 +128,9 @@ def test_the_training_step_feeds_the_decoder_the_batch_labels():
 def test_a_run_with_a_class_conditional_decoder_and_frequency_term_works_end_to_end(small_pets, tiny_config, tmp_path):
     config = tiny_config.with_values({"stages.autoencoder.config.model": CONDITIONAL,
                                       "stages.autoencoder.config.terms.frequency": FREQUENCY})
-    pipeline = lf.train(small_pets, config, tmp_path / "run", progress=False)
+    pipeline = lf.train(small_pets, config, tmp_path / "run", progress=False, tensorboard=True)
     assert pipeline.autoencoder.classes == 2
+    assert any((tmp_path / "run" / "tensorboard").iterdir())  # its reconstruction grids pass the classes too
     assert (tmp_path / "run" / "figures" / "reconstructions.png").exists()
     loaded = lf.load(tmp_path / "run", device="cpu")
     assert loaded.autoencoder.get_config()["classes"] == 2

@@ -412,6 +412,14 @@ def is_class_conditional(autoencoder: nn.Module) -> bool:
     return bool(getattr(autoencoder, "classes", 0))
 
 
+def class_context(autoencoder: nn.Module, labels: Tensor) -> Tensor | None:
+    """What the autoencoder's ``decode`` takes as ``context`` for images of these labels: their
+    one-hot rows for a class-conditional decoder, None for any other."""
+    if not is_class_conditional(autoencoder):
+        return None
+    return nn.functional.one_hot(labels, autoencoder.classes).float()
+
+
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
         nn.init.normal_(module.weight, 0.0, 0.02)

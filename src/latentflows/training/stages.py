@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..autoencoder import encode_images, is_class_conditional, to_signed_unit
+from ..autoencoder import class_context, encode_images, to_signed_unit
 from ..data import ImageDataset
 from ..flows import Flow, Standardize, fit_leading_layers
 from ..layers import GaussianNoise
@@ -184,8 +184,7 @@ class AutoencoderTraining(nn.Module):
         if self.flip and self.training:
             mirrored = torch.rand(len(x), device=x.device) < 0.5
             x = torch.where(mirrored[:, None, None, None], x.flip(-1), x)
-        context = (nn.functional.one_hot(labels, self.autoencoder.classes).to(x.dtype)
-                   if is_class_conditional(self.autoencoder) else None)
+        context = class_context(self.autoencoder, labels)
         if self.latent_noise and self.training:
             embedding = self.autoencoder.encode(x)
             spread = embedding.detach().std(0, keepdim=True)

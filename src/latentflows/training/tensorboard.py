@@ -195,17 +195,14 @@ class TensorBoardLogger(Callback):
             self.writer.add_image(tag, grid, step, dataformats="HWC")
 
     def _reconstructions(self, autoencoder: nn.Module) -> list[Tensor]:
-        from ..autoencoder import decode_embeddings, encode_images, is_class_conditional
+        from ..autoencoder import class_context, decode_embeddings, encode_images
 
         if self._validation is None:  # the same images every time, as in the run's figures
             val_set = self.context.val_set
             pick = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(self.context.seed))
             self._validation = val_set.images[pick[: self.columns]].cpu()
             self._validation_labels = val_set.labels[pick[: self.columns]].cpu()
-        context = None
-        if is_class_conditional(autoencoder):
-            context = nn.functional.one_hot(self._validation_labels, autoencoder.classes).float()
-            context = context.to(next(autoencoder.parameters()).device)
+        context = class_context(autoencoder, self._validation_labels.to(next(autoencoder.parameters()).device))
         with evaluation_mode(autoencoder):
             reconstructions = decode_embeddings(autoencoder, encode_images(autoencoder, self._validation),
                                                 context=context)
