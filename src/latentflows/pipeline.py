@@ -200,7 +200,6 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
         load_state_strictly(pipeline, weights_from_v1(tensors) if version < 2 else tensors, run.weights_file)
         return pipeline.to(resolve_device(device)).eval()
 
-
     # ------------------------------------------------------------------ the Hugging Face Hub (ModelHubMixin)
     def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None, repo_id: str | None = None,
                         push_to_hub: bool = False, model_card_kwargs: dict[str, Any] | None = None,
@@ -287,11 +286,7 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
         unexpected = sorted(set(model_kwargs) - set(cls._hub_mixin_init_parameters))
         if unexpected:
             raise TypeError(f"from_pretrained() got unexpected keyword argument(s): {', '.join(unexpected)}")
-        from .hub import resolve_run
-
-        folder = resolve_run(model_id, download=not local_files_only, revision=revision, token=token,
-                             cache_dir=cache_dir, force_download=force_download, files=MODEL_FILES)
-        return cls.load(folder, device)
+        return cls.load(model_id, device)  # from_pretrained has resolved it to a local folder
 
     def push_to_hub(self, repo_id: str, *, config: dict | None = None,
                     commit_message: str = "Upload latentflows pipeline", private: bool | None = None,
