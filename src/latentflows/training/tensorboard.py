@@ -35,7 +35,6 @@ from torch import Tensor, nn
 
 from ..extras import require
 from ..runs import RunFolder
-from ..runtime import evaluation_mode
 from .callbacks import Callback, EpochRecord
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -203,9 +202,8 @@ class TensorBoardLogger(Callback):
             self._validation = val_set.images[pick[: self.columns]].cpu()
             self._validation_labels = val_set.labels[pick[: self.columns]].cpu()
         context = class_context(autoencoder, self._validation_labels.to(next(autoencoder.parameters()).device))
-        with evaluation_mode(autoencoder):
-            reconstructions = decode_embeddings(autoencoder, encode_images(autoencoder, self._validation),
-                                                context=context)
+        # each restores the autoencoder's mode
+        reconstructions = decode_embeddings(autoencoder, encode_images(autoencoder, self._validation), context=context)
         return [self._validation, reconstructions]
 
     def _samples(self, flow: nn.Module) -> list[Tensor] | None:
@@ -214,10 +212,9 @@ class TensorBoardLogger(Callback):
         autoencoder = self.context.models.get("autoencoder")
         if autoencoder is None:
             return None
-        pipeline = LatentFlowPipeline(autoencoder, flow, self.context.class_names)
-        with evaluation_mode(autoencoder, flow):
-            return [pipeline.generate(name, self.columns, seed=self.context.seed + k).images
-                    for k, name in enumerate(self.context.class_names[: self.max_classes])]
+        pipeline = LatentFlowPipeline(autoencoder, flow, self.context.class_names)  # generate restores the modes
+        return [pipeline.generate(name, self.columns, seed=self.context.seed + k).images
+                for k, name in enumerate(self.context.class_names[: self.max_classes])]
 
     # ------------------------------------------------------------------ hyperparameters
     def _write_hparams(self, hparams: Mapping[str, Any]) -> None:
