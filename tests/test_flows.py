@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from tolerance import jacobian_bound, round_trip_bounds
 
 from latentflows.errors import UnknownComponentError
 from latentflows.flows import (
@@ -74,14 +75,16 @@ def build(name, context_size, mode, dtype):
     return module, context
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name,context_size,mode", CASES)
-def test_round_trip_float32(name, context_size, mode):
-    module, context = build(name, context_size, mode, torch.float32)
-    x = torch.randn(B, D) * 2
+def test_round_trip(name, context_size, mode, dtype):
+    module, context = build(name, context_size, mode, dtype)
+    x = torch.randn(B, D, dtype=dtype) * 2
+    x_bound, logabsdet_bound = round_trip_bounds(module, x, context, dtype)  # before the pass: same statistics
     z, logabsdet = module(x, context)
     x_back, inverse_logabsdet = module.inverse(z, context)
-    assert (x_back - x).abs().max() < 1e-4
-    assert (logabsdet + inverse_logabsdet).abs().max() < 1e-4
+    assert (x_back - x).abs().max() <= x_bound
+    assert (logabsdet + inverse_logabsdet).abs().max() <= logabsdet_bound
     assert logabsdet.shape == (B,)
     if name != "permutation":
         assert not torch.allclose(z, x), "the transform should not be the identity here"
@@ -100,8 +103,9 @@ def test_logabsdet_matches_autograd_jacobian(name, context_size, mode):
         with held_batch_statistics(module):
             _, reported_held = apply(x, context)
         _, exact = jacobian_logabsdet(module, x, context, direction)
-        assert torch.allclose(reported_held, exact, atol=1e-8), direction
-        assert torch.allclose(reported, exact, atol=1e-8), direction
+        bound = jacobian_bound(module, x, context, direction)
+        assert (reported_held - exact).abs().max() <= bound, direction
+        assert (reported - exact).abs().max() <= bound, direction
 
 
 def test_context_changes_the_transform():
