@@ -1,5 +1,8 @@
 import os
+import random
+import signal
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,9 +65,36 @@ def small_pets(pets):
     return apply_limit(pets, 240, seed=0)
 
 
+def global_state():
+    """What a test may change for the tests after it: thread count, switches, handlers."""
+    return {
+        "torch threads": torch.get_num_threads(),
+        "deterministic algorithms": (torch.are_deterministic_algorithms_enabled(),
+                                     torch.is_deterministic_algorithms_warn_only_enabled()),
+        "default dtype": torch.get_default_dtype(),
+        "grad mode": torch.is_grad_enabled(),
+        "cudnn flags": (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic),
+        "matmul precision": torch.get_float32_matmul_precision(),
+        "signal handlers": {name: signal.getsignal(getattr(signal, name)) for name in ("SIGINT", "SIGTERM")},
+    }
+
+
 @pytest.fixture(autouse=True)
 def deterministic():
+    """Each test starts from seeded random generators and leaves the process as it found it:
+    the generators' states are put back, and a test that changes the thread count, a
+    determinism or precision switch, the default dtype or a signal handler fails here, so
+    that no test's result depends on the tests that ran before it (CI runs them in random order)."""
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    before = global_state()
     torch.manual_seed(0)
+    yield
+    torch.set_rng_state(states[0])
+    random.setstate(states[1])
+    np.random.set_state(states[2])
+    after = global_state()
+    changed = {key: (before[key], after[key]) for key in before if before[key] != after[key]}
+    assert not changed, f"the test did not restore the global state it changed (before, after): {changed}"
 
 
 @pytest.fixture(scope="session")

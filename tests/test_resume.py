@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,11 +49,7 @@ def test_resume_after_interruption_matches_uninterrupted(small_pets, tiny_config
 
     lf.train(small_pets, config, run, progress=False, figures=False, resume=True)
     assert_same_weights(weights(run), weights(full))
-    def rows(folder):  # everything but the timings
-        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
-                for line in (folder / "metrics.jsonl").read_text().splitlines()]
-
-    assert rows(run) == rows(full)
+    assert metric_rows(run) == metric_rows(full)
 
 
 def test_resume_needs_a_started_run(tmp_path, small_pets, tiny_config):
@@ -64,28 +61,86 @@ def cli(*args):
     return [sys.executable, "-m", "latentflows", "train", "--no-progress", *args]
 
 
-def test_sigkill_mid_training_then_resume_gives_the_same_weights(tmp_path, pets_parquet):
-    settings = ["--data", str(pets_parquet), "--limit", "600", "--width", "8", "--embedding-dim", "64",
-                "--ae-epochs", "4", "--couplings", "2", "--hidden", "32", "--flow-epochs", "6"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    full = tmp_path / "full"
-    subprocess.run(cli(*settings, "--out", str(full)), check=True, env=env, capture_output=True)
+# A small run killed at exact moments (tests/kill_switch.py): 8 autoencoder steps in each of 3
+# epochs, then 4 flow steps in each of 4 epochs; a checkpoint after every epoch (7 in all).
+KILLED_RUN = ["--limit", "300", "--width", "8", "--embedding-dim", "64", "--ae-epochs", "3", "--ae-batch-size", "32",
+              "--couplings", "2", "--hidden", "32", "--flow-epochs", "4", "--flow-batch-size", "64",
+              "--import", "kill_switch"]
+STEPS = {"autoencoder": 24, "flow": 16}
+SAVES = 7
+# 20 moments over both stages: mid-step of every epoch, the first and last step of each stage, and
+# inside checkpoint writes; the two signals alternate (SIGINT is Ctrl-C, SIGKILL gives no chance to clean up)
+STRESS = [f"{kind}:{n}:{('SIGKILL', 'SIGINT')[i % 2]}" for i, (kind, n) in enumerate(
+    [("step", n) for n in (1, 5, 9, 13, 17, 21, 24, 25, 27, 29, 31, 34, 37, 40)] + [("save", n) for n in (1, 2, 3, 4, 6, 7)])]
+QUICK = ["step:10:SIGKILL", "save:2:SIGKILL", "step:31:SIGINT"]  # in the README's test command
 
-    run = tmp_path / "killed"
-    process = subprocess.Popen(cli(*settings, "--out", str(run)), env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = run / "checkpoints" / "autoencoder.safetensors"
-    deadline = time.time() + 120
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert process.poll() is None, "training ended before it could be killed"
-    process.send_signal(signal.SIGKILL)  # mid-epoch 2: no chance to clean up
-    process.wait()
-    assert not (run / "model.safetensors").exists()
 
-    resumed = subprocess.run(cli("--resume", str(run)), env=env, capture_output=True, text=True)
+def kill_env(moment=None, steps=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
+    env.pop("LATENTFLOWS_TEST_KILL", None)
+    if moment:
+        env["LATENTFLOWS_TEST_KILL"] = moment
+    if steps:
+        env["LATENTFLOWS_TEST_STEPS"] = str(steps)
+    return env
+
+
+def metric_rows(run):  # everything but the timings
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, pets_parquet):
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    steps = folder / "steps.txt"
+    subprocess.run(cli("--data", str(pets_parquet), *KILLED_RUN, "--out", str(folder / "run")), check=True,
+                   env=kill_env(steps=steps), capture_output=True)
+    stages = steps.read_text().split()
+    assert {stage: stages.count(stage) for stage in STEPS} == STEPS  # the moments above hit both stages
+    return folder / "run"
+
+
+def kill_then_resume(moment, run, pets_parquet):
+    """Train until ``moment``, resume, and say how it went: (signal's exit code, checkpoints left, resumed)."""
+    killed = subprocess.run(cli("--data", str(pets_parquet), *KILLED_RUN, "--out", str(run)), env=kill_env(moment),
+                            capture_output=True, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # Ctrl-C as in a terminal
+    assert not (run / "model.safetensors").exists(), "the run ended before the moment"
+    left = sorted(path.name for path in (run / "checkpoints").glob("*.safetensors"))
+    resumed = subprocess.run(cli("--resume", str(run)), env=kill_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert_same_weights(weights(run), weights(full))
+    return killed, left
+
+
+def assert_resumed_like(run, uninterrupted):
+    assert_same_weights(weights(run), weights(uninterrupted))
+    assert metric_rows(run) == metric_rows(uninterrupted)
+    assert not (run / "checkpoints").exists()  # no checkpoint or half-written temporary file left behind
+
+
+@pytest.mark.parametrize("moment", QUICK)
+def test_a_run_killed_at_any_moment_resumes_to_the_same_weights(tmp_path, pets_parquet, uninterrupted, moment):
+    killed, left = kill_then_resume(moment, tmp_path / "run", pets_parquet)
+    if moment.endswith("SIGKILL"):
+        assert killed.returncode == -signal.SIGKILL
+    else:
+        assert killed.returncode == 130 and "latentflows train --resume" in killed.stderr, killed.stderr[-2000:]
+    assert left, "a checkpoint was written before the moment"
+    assert_resumed_like(tmp_path / "run", uninterrupted)
+
+
+@pytest.mark.slow
+def test_kill_stress_20_moments_over_both_stages(tmp_path, pets_parquet, uninterrupted, capsys):
+    identical = 0
+    for index, moment in enumerate(STRESS):
+        kill_then_resume(moment, tmp_path / f"run{index}", pets_parquet)
+        assert_resumed_like(tmp_path / f"run{index}", uninterrupted)
+        identical += 1
+    with capsys.disabled():
+        print(f"\nkill stress: {len(STRESS)} kills ({sum(m.endswith('SIGKILL') for m in STRESS)} SIGKILL, "
+              f"{sum(m.endswith('SIGINT') for m in STRESS)} SIGINT), {len(STRESS)} resumes, {identical} identical")
 
 
 def test_ctrl_c_exits_cleanly_and_the_run_resumes(tmp_path, pets_parquet):

@@ -72,7 +72,7 @@ def _reference(module, x, context, direction="forward"):
 
 def _per_sample_jacobian(step, h):
     """d step(h)[i] / d h[i] for each sample i: the diagonal blocks of the batch Jacobian."""
-    full = torch.autograd.functional.jacobian(lambda v: step(v)[0], h)  # (B, D, B, D)
+    full = torch.autograd.functional.jacobian(lambda v: step(v)[0], h, vectorize=True)  # (B, D, B, D)
     index = torch.arange(h.shape[0])
     return full[index, :, index, :]
 
