@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .config import OPTIONS, PRESETS, integer, parse_set, positive_float, positive_int
 from .errors import LatentflowsError
 from .extras import require
-from .runtime import DEVICE_HELP, PRECISIONS, Runtime, as_runtime
+from .runtime import DEVICE_HELP, PRECISION_CHOICES, Runtime, as_runtime
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import RunConfig
@@ -159,9 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _device_options(parser: argparse.ArgumentParser, training: bool = False) -> None:
     parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default auto)")
     if training:
-        parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
-                            help="autocast precision of the autoencoder (the flow stays fp32); fp16 uses loss "
-                                 "scaling (default fp32)")
+        parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                            help="autocast precision of the autoencoder (the flow stays fp32): auto is bf16 where the "
+                                 "device multiplies bf16 matrices natively (AMX, AVX-512 BF16, a bf16 GPU), else fp32; "
+                                 "fp16 uses loss scaling (default auto)")
         parser.add_argument("--deterministic", action="store_true",
                             help="deterministic kernels only: the same weights on every run on a GPU, a bit slower")
 
@@ -169,7 +170,7 @@ def _device_options(parser: argparse.ArgumentParser, training: bool = False) -> 
 def _runtime(args: argparse.Namespace) -> Runtime:
     """The runtime the options ask for; a device that is not there is a one-line error."""
     try:
-        return as_runtime(args.device, getattr(args, "precision", "fp32"), getattr(args, "deterministic", False))
+        return as_runtime(args.device, getattr(args, "precision", "auto"), getattr(args, "deterministic", False))
     except ValueError as error:
         raise LatentflowsError(f"--device {args.device}: {error}") from None
 
@@ -270,7 +271,8 @@ def _train_on(dataset: ImageDataset, config: RunConfig, run_dir: Path, data: dic
     if resume:
         _import_modules(data.get("imports") or [])
     counts = ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items())
-    _say(runtime, f"data: {len(dataset)} images, {dataset.num_classes} classes ({counts})"
+    _say(runtime, f"data: {len(dataset)} images, {dataset.num_classes} classes ({counts}); "
+                  f"{runtime.precision} ({runtime.precision_reason})"
                   + (f"; {runtime.world_size} processes" if runtime.world_size > 1 else ""))
     try:
         pipeline = train(dataset, config, run_dir, overwrite=getattr(args, "overwrite", False), resume=resume,

@@ -17,6 +17,8 @@ from torch import Tensor
 
 # fp16 trains with loss scaling (a GradScaler); bf16 has fp32's range and needs none
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# what --precision accepts: "auto" is bf16 where the device multiplies bf16 matrices natively, else fp32
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 DEVICE_HELP = "auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps"
 # data sets up to this share of a GPU's memory are copied there once, so a step reads no host memory
 DEVICE_DATA_SHARE = 0.25
@@ -56,14 +58,85 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return resolved
 
 
+def _cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), or None where there is no such file."""
+    try:
+        with open("/proc/cpuinfo") as stream:
+            for line in stream:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def native_bf16(device: str | torch.device) -> str | None:
+    """What multiplies bf16 matrices natively on ``device`` (``"AMX"``, ``"AVX512-BF16"``, a
+    GPU's name), or None where bf16 would be emulated, and so slower than fp32.
+
+    On a CPU this needs the hardware (Intel AMX or AVX-512 BF16) and kernels allowed to use it:
+    ``ATEN_CPU_CAPABILITY`` below AVX-512, or ``ONEDNN_MAX_CPU_ISA`` below AVX512_CORE_BF16,
+    hide it. ARM CPUs get None (fp32): their bf16 support is not detected here yet.
+
+    Example:
+        >>> native_bf16("meta") is None
+        True
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported(including_emulation=False)
+        return f"{torch.cuda.get_device_name(device)} bf16" if supported else None
+    if device.type != "cpu" or not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return None
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if isa != "ALL" and not any(key in isa for key in ("BF16", "FP16", "AMX", "AVX10")):
+        return None
+    flags = _cpu_flags()
+    if flags is None:  # not Linux: ask torch
+        cpu = torch.cpu
+        flags = {name for name, probe in (("amx_bf16", "_is_amx_tile_supported"),
+                                           ("avx512_bf16", "_is_avx512_bf16_supported"))
+                 if getattr(cpu, probe, lambda: False)()}
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
+    return None
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> tuple[str, str]:
+    """The precision to compute in, and why: ``"auto"`` becomes bf16 where ``native_bf16``
+    finds native bf16 matrix math, else fp32; the others are kept as asked.
+
+    Example:
+        >>> resolve_precision("fp32", "cpu")
+        ('fp32', 'asked for')
+        >>> resolve_precision("auto", "meta")
+        ('fp32', 'auto: no native bf16 matrix math (meta)')
+    """
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISION_CHOICES)}")
+    if precision != "auto":
+        return precision, "asked for"
+    native = native_bf16(device)
+    if native is None:
+        device = torch.device(device)
+        where = f"cpu, {torch.backends.cpu.get_cpu_capability()} kernels" if device.type == "cpu" else device.type
+        return "fp32", f"auto: no native bf16 matrix math ({where})"
+    return "bf16", f"auto: {native}"
+
+
 class Runtime:
     """Device, numeric precision and determinism of a training or inference run.
 
     Args:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a ``torch.device``.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: autocast for the parts of a model
-            that allow it (the autoencoder; flow log-determinants and base densities stay
-            in fp32). fp16 scales the loss so small gradients survive (``grad_scaler``).
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``: autocast for the parts of a
+            model that allow it (the autoencoder; flow log-determinants and base densities stay
+            in fp32). ``"auto"`` is bf16 where the device has native bf16 matrix math (a CPU with
+            AMX or AVX-512 BF16, a GPU that supports bf16), else fp32 (``resolve_precision``);
+            ``precision`` is then the one chosen and ``precision_reason`` says why. fp16
+            scales the loss so small gradients survive (``grad_scaler``).
         deterministic: within ``session()``, only deterministic kernels (cuDNN and CUDA
             scatter-adds otherwise use atomics, so GPU runs differ in the last bits).
 
@@ -80,10 +153,11 @@ class Runtime:
 
     def __init__(self, device: str | torch.device | None = "auto", precision: str = "fp32",
                  deterministic: bool = False):
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        if precision not in PRECISION_CHOICES:
+            raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISION_CHOICES)}")
         self.device = resolve_device(device)
-        self.precision, self.deterministic = precision, bool(deterministic)
+        self.precision, self.precision_reason = resolve_precision(precision, self.device)
+        self.deterministic = bool(deterministic)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(device={str(self.device)!r}, precision={self.precision!r}, "

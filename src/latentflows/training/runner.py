@@ -28,7 +28,7 @@ from .trainer import Trainer
 def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None = None, *,
           overwrite: bool = False, progress: bool = True, figures: bool = True, resume: bool = False,
           data_spec: dict[str, Any] | None = None, checkpoint_every: int = 1,
-          device: str | torch.device | Runtime = "auto", precision: str = "fp32",
+          device: str | torch.device | Runtime = "auto", precision: str = "auto",
           deterministic: bool = False, tensorboard: bool | int = False) -> LatentFlowPipeline:
     """Train every stage of ``config`` on ``dataset``; with ``run_dir``, write the run folder.
 
@@ -48,8 +48,10 @@ def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None =
         checkpoint_every: epochs between checkpoints.
         device: ``"auto"`` (a GPU when there is one), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``,
             or a ``Runtime`` (which then also gives the precision and determinism).
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast for the autoencoder; the flow
-            trains in fp32).
+        precision: ``"auto"`` (bf16 where the device has native bf16 matrix math, else fp32;
+            see ``resolve_precision``), ``"fp32"``, ``"bf16"`` or ``"fp16"``: autocast for the
+            autoencoder; the flow trains in fp32. The pipeline's ``summary["precision"]`` records
+            the one used.
         deterministic: deterministic kernels only (see ``Runtime.session``).
         tensorboard: also log for TensorBoard into ``RUN/tensorboard`` (``TensorBoardLogger``;
             needs ``run_dir`` and the ``tensorboard`` extra): True for image grids every 5
@@ -127,6 +129,7 @@ def _train_stages(dataset: ImageDataset, config: RunConfig, run: RunFolder | Non
             if isinstance(callback, EarlyStopping):
                 context.summary[f"{name}_best_epoch"] = callback.best_epoch
     context.summary["train_seconds"] = round(time.perf_counter() - started, 1)
+    context.summary["precision"] = runtime.precision  # what the autoencoder was trained in (the flow: fp32)
     pipeline = LatentFlowPipeline(context.models["autoencoder"], context.models["flow"], dataset.class_names,
                                   config.as_dict(), context.summary).eval()
     runtime.barrier()  # every process is done with the checkpoints

@@ -282,6 +282,11 @@ class Trainer:
         self._step = torch.compile(self._forward_backward) if compile else self._forward_backward
 
     @property
+    def _precision_tag(self) -> str:
+        """`` [bf16]`` in the status line where the steps run under autocast."""
+        return f" [{self.runtime.precision}]" if self.autocast and self.runtime.precision != "fp32" else ""
+
+    @property
     def optimizer(self) -> torch.optim.Optimizer:
         """The first (for a single-optimizer trainer, the only) optimizer."""
         return self.updates[0].optimizer
@@ -484,7 +489,7 @@ class Trainer:
             means: dict[str, MeanMetric] = {}
             for metric in self.metrics.values():
                 metric.reset()  # streaming metrics cover one epoch
-            bar = tqdm(train_batches, desc=f"{self.stage} {epoch}/{epochs}", leave=False,
+            bar = tqdm(train_batches, desc=f"{self.stage}{self._precision_tag} {epoch}/{epochs}", leave=False,
                        disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
             self._skipped = self.runtime.tensor(0)
             for step, batch in enumerate(bar, 1):
@@ -506,7 +511,8 @@ class Trainer:
             if self.progress:
                 shown = " ".join(f"{k}={v:.4f}" for k, v in train.items())
                 shown += "".join(f" val_{k}={v:.4f}" for k, v in val.items())
-                print(f"{self.stage} epoch {epoch}/{epochs} {shown} ({record.seconds:.1f}s)", file=sys.stderr)
+                print(f"{self.stage}{self._precision_tag} epoch {epoch}/{epochs} {shown} ({record.seconds:.1f}s)",
+                      file=sys.stderr)
             for callback in self.callbacks:
                 callback.on_epoch_end(self, record)
             if self.stop_training:
