@@ -257,13 +257,14 @@ def test_page_in_chromium(served, tmp_path):
 
 
 def test_load_on_loopback(served, capsys):
-    """8 concurrent clients x 20 requests of 4 images each: no error; p50/p95 printed."""
+    """8 concurrent clients x 5 requests of 4 images each: no error; p50/p95 printed (bench/demo_load.py
+    runs the longer load)."""
     bench = _load_bench()
-    result = bench.load_test(served.local_url, clients=8, requests=20, count=4, label="dog", timeout=120)
+    result = bench.load_test(served.local_url, clients=8, requests=5, count=4, label="dog", timeout=120)
     with capsys.disabled():
         print("\n" + bench.report(result))
     assert result["errors"] == []
-    assert len(result["latencies"]) == 160
+    assert len(result["latencies"]) == 40
     assert 0 < result["p50"] <= result["p95"] <= result["max"]
 
 

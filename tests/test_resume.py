@@ -146,7 +146,7 @@ def test_kill_stress_20_moments_over_both_stages(tmp_path, pets_parquet, uninter
 def test_ctrl_c_exits_cleanly_and_the_run_resumes(tmp_path, pets_parquet):
     # enough epochs that the run cannot finish between the first checkpoint and the signal
     settings = ["--data", str(pets_parquet), "--limit", "600", "--width", "8", "--embedding-dim", "64",
-                "--ae-epochs", "12", "--couplings", "2", "--hidden", "32", "--flow-epochs", "2"]
+                "--ae-epochs", "6", "--couplings", "2", "--hidden", "32", "--flow-epochs", "2"]
     run = tmp_path / "run"
     # Ctrl-C as in a terminal, even where the tests run in the background (``cmd &`` in a script
     # starts them with SIGINT ignored, and Python keeps it ignored)
