@@ -52,6 +52,50 @@ def test_resume_after_interruption_matches_uninterrupted(small_pets, tiny_config
     assert metric_rows(run) == metric_rows(full)
 
 
+@pytest.mark.parametrize("started,resumed", [("fp32", "auto"), ("bf16", "auto")])
+def test_resume_computes_as_the_run_started_whatever_the_threads_and_default_precision(
+        small_pets, tiny_config, tmp_path, monkeypatch, started, resumed):
+    """A CPU reduction's bits depend on the thread count, and ``auto`` may pick another precision
+    elsewhere: a resume takes both from run.json, so it still ends with the same weights."""
+    config = tiny_config.with_options(ae_epochs=3, flow_epochs=2)
+    full = lf.train(small_pets, config, tmp_path / "full", precision=started, progress=False, figures=False)
+    assert full.summary["precision"] == started
+    recorded = json.loads((tmp_path / "full" / "run.json").read_text())["compute"]
+    assert recorded == {"precision": started, "threads": torch.get_num_threads(),
+                        "kernels": torch.backends.cpu.get_cpu_capability()}
+    run = tmp_path / "interrupted"
+    original_init = lf.training.Trainer.__init__
+
+    def with_interrupt(self, *args, **kwargs):
+        kwargs["callbacks"] = [*kwargs.get("callbacks", ()), InterruptAt("autoencoder", 1)]
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(lf.training.Trainer, "__init__", with_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        lf.train(small_pets, config, run, precision=started, progress=False, figures=False)
+    monkeypatch.setattr(lf.training.Trainer, "__init__", original_init)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)  # the resume happens where threads are set otherwise
+    try:
+        resumed_pipeline = lf.train(small_pets, config, run, precision=resumed, progress=False, figures=False,
+                                    resume=True)
+        assert torch.get_num_threads() == (1 if threads > 1 else 2)  # given back after the run
+    finally:
+        torch.set_num_threads(threads)
+    assert resumed_pipeline.summary["precision"] == started
+    assert_same_weights(weights(run), weights(tmp_path / "full"))
+
+
+def test_a_resume_that_asks_for_another_precision_is_refused(small_pets, tiny_config, tmp_path, monkeypatch):
+    config = tiny_config.with_options(ae_epochs=2, flow_epochs=1)
+    monkeypatch.setattr(lf.training.Trainer, "fit", lambda self, *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        lf.train(small_pets, config, tmp_path / "run", precision="fp32", progress=False, figures=False)
+    with pytest.raises(lf.LatentflowsError, match="run.json: the run started in fp32 and this resume asks for bf16; "
+                                                  "drop --precision"):
+        lf.train(small_pets, config, tmp_path / "run", precision="bf16", progress=False, figures=False, resume=True)
+
+
 def test_resume_needs_a_started_run(tmp_path, small_pets, tiny_config):
     with pytest.raises(lf.ModelFileError, match="nothing to resume"):
         lf.train(small_pets, tiny_config, tmp_path, resume=True, progress=False)

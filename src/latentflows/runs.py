@@ -148,10 +148,16 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         return self
 
-    def write_settings(self, config: RunConfig, data: dict[str, Any] | None) -> None:
-        """``run.json``: the config and data source the run starts with (what ``--resume`` reuses)."""
+    def write_settings(self, config: RunConfig, data: dict[str, Any] | None,
+                       compute: dict[str, Any] | None = None) -> None:
+        """``run.json``: the config, data source and compute settings (precision, threads, CPU
+        kernels) the run starts with: what ``--resume`` reuses."""
         write_json(self.settings_file, {"format": SETTINGS_FORMAT, "format_version": SETTINGS_VERSION,
-                                        "config": config.as_dict(), "data": data or {}})
+                                        "config": config.as_dict(), "data": data or {}, "compute": compute or {}})
+
+    def read_compute(self) -> dict[str, Any]:
+        """The compute settings the run started with (empty for runs that did not record them)."""
+        return dict(read_json(self.settings_file).get("compute") or {})
 
     def read_settings(self) -> tuple[RunConfig, dict[str, Any]]:
         """The config and data source from ``run.json`` (runs of format 1 are converted)."""

@@ -156,8 +156,10 @@ class Runtime:
         if precision not in PRECISION_CHOICES:
             raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISION_CHOICES)}")
         self.device = resolve_device(device)
+        self.requested_precision = precision
         self.precision, self.precision_reason = resolve_precision(precision, self.device)
         self.deterministic = bool(deterministic)
+        self.threads: int | None = None  # CPU threads within session() (None: as the process has them)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(device={str(self.device)!r}, precision={self.precision!r}, "
@@ -276,8 +278,10 @@ class Runtime:
         """
         saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
                  torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-                 torch.get_float32_matmul_precision())
+                 torch.get_float32_matmul_precision(), torch.get_num_threads())
         try:
+            if self.threads is not None:  # a CPU reduction's result depends on how many threads split it
+                torch.set_num_threads(self.threads)
             if self.deterministic:
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
                 torch.use_deterministic_algorithms(True)
@@ -292,6 +296,34 @@ class Runtime:
             if saved[3] is None:
                 os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
             torch.set_float32_matmul_precision(saved[4])
+            if torch.get_num_threads() != saved[5]:
+                torch.set_num_threads(saved[5])
+
+    def compute_settings(self) -> dict[str, Any]:
+        """What decides the bits of a result beyond the data and seed: the precision, the CPU
+        threads and the CPU kernels (recorded in ``run.json`` so that a resume can match them)."""
+        return {"precision": self.precision, "threads": self.threads or torch.get_num_threads(),
+                "kernels": torch.backends.cpu.get_cpu_capability()}
+
+    def match(self, recorded: dict[str, Any]) -> list[str]:
+        """Compute as ``recorded`` (``compute_settings`` of the run being resumed) so that the
+        resumed run ends with the same weights: its precision, when this runtime's was ``"auto"``,
+        and its thread count. Returns what cannot be matched (other CPU kernels), for a warning;
+        an explicitly requested other precision raises ``ValueError``."""
+        precision = recorded.get("precision")
+        if precision and precision != self.precision:
+            if self.requested_precision != "auto":
+                raise ValueError(f"the run started in {precision} and this resume asks for {self.precision}; "
+                                 f"drop --precision (or pass --precision {precision}) to end with the same weights")
+            self.precision, self.precision_reason = precision, "as the run started"
+        if recorded.get("threads"):
+            self.threads = int(recorded["threads"])
+        kernels = recorded.get("kernels")
+        if kernels and kernels != torch.backends.cpu.get_cpu_capability():
+            return [f"the run started with {kernels} CPU kernels and resumes with "
+                    f"{torch.backends.cpu.get_cpu_capability()}: its weights will differ in the last bits "
+                    "from an uninterrupted run's"]
+        return []
 
 
 def as_runtime(device: str | torch.device | Runtime | None = "auto", precision: str = "fp32",

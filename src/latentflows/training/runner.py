@@ -8,6 +8,7 @@ flow) is handed to the stages after it. The result is a ``LatentFlowPipeline``.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +75,16 @@ def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None =
         if resume:
             run.truncate_metrics(run.completed_epochs([name for name, _ in stages]))
         else:
-            run.write_settings(config, data_spec)
+            run.write_settings(config, data_spec, runtime.compute_settings())
         logger = [JsonlLogger(run.metrics_file)]
     elif run_dir is not None:
         run = RunFolder(run_dir)  # read (checkpoints to resume from), never written
+    if resume and run is not None:  # the precision and threads the run started with: the same bits
+        try:
+            for warning in runtime.match(run.read_compute()):
+                warnings.warn(warning, stacklevel=2)
+        except ValueError as error:
+            raise LatentflowsError(f"{run.settings_file}: {error}") from None
     runtime.barrier()
     with runtime.session():
         return _train_stages(dataset, config, run, stages, logger, runtime, resume, progress, figures,
