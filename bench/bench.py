@@ -4,6 +4,14 @@
     python bench/bench.py --seconds 0.5    # a smoke run, figures not meaningful
     python bench/bench.py --device cuda    # the same on a GPU (default: auto, a GPU when there is one)
     python bench/bench.py --compile        # eager against torch.compile (compiling takes minutes)
+    python bench/bench.py --limit          # each autoencoder as a share of the machine's matmul limit
+
+With ``--limit``: the machine's practical limit, 2048x2048 matrix products in fp32 and in bf16
+(GFLOP/s), then each autoencoder's training FLOPs per image (``torch.utils.flop_counter``:
+convolutions and matrix products, forward and backward) and its images/s and GFLOP/s in
+fp32, in bf16 autocast, and in bf16 with the step compiled (``torch.compile``, inductor),
+each as a share of the limit of its precision; the seed notebook's own step (fp32, its
+DataLoader) is timed in the same run. Compiling takes a minute or two per network.
 
 Prints the device and torch version, then three Markdown tables.
 
@@ -315,11 +323,61 @@ def compile_comparison(seconds: float, device: torch.device, runtime: Runtime) -
               f"({compiled / eager:.2f}x; compiling and measuring took {total:.0f}s)", flush=True)
 
 
+# ---------------------------------------------------------------------------- the machine's limit
+
+def matmul_limit(dtype: torch.dtype, seconds: float, device: torch.device, size: int = 2048) -> float:
+    """GFLOP/s of ``size`` x ``size`` matrix products in ``dtype``: the practical peak of this machine."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    step = lambda: torch.mm(a, b)  # noqa: E731
+    [rate] = measure([Contender(step, 1, contextlib.nullcontext)], seconds, device, warmup=3)
+    return rate * 2 * size**3 / 1e9
+
+
+def training_flops(step: Callable[[], None], items: int) -> float:
+    """FLOPs per item of one training step (forward and backward), counted by torch's flop counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops() / items
+
+
+def limit_table(seconds: float, device: torch.device) -> None:
+    """Each autoencoder's training throughput as a share of the measured matmul limit."""
+    limits = {"fp32": matmul_limit(torch.float32, seconds, device), "bf16": matmul_limit(torch.bfloat16, seconds, device)}
+    print(f"matmul limit (2048x2048): fp32 {limits['fp32']:,.0f} GFLOP/s, bf16 {limits['bf16']:,.0f} GFLOP/s\n",
+          flush=True)
+    networks = [("notebook architecture, batch 32", PRESETS["seed"], 32), ("quick, batch 64", PRESETS["quick"], 64),
+                ("best, batch 64", PRESETS["best"], 64)]
+    print("| autoencoder training | GFLOP per image | precision | images/s | GFLOP/s | share of the limit |")
+    print("|---|---:|---|---:|---:|---:|")
+    for name, config, batch in networks:
+        flops = training_flops(autoencoder_step(config, batch, Runtime(device, "fp32")), batch)
+        modes = [("fp32", "fp32", False), ("bf16", "bf16", False), ("bf16, compiled", "bf16", True)]
+        if name.startswith("notebook"):
+            modes.insert(0, ("fp32, seed notebook's step", "seed", False))
+        for label, precision, compiled in modes:
+            if precision == "seed":
+                contender = Contender(seed.SeedAutoencoderStep(device), batch, notebook_settings)
+                precision = "fp32"
+            else:
+                runtime = Runtime(device, precision)
+                contender = Contender(autoencoder_step(config, batch, runtime, compiled), batch, runtime.session)
+            [rate] = measure([contender], seconds, device, warmup=3 if compiled else 2)
+            gflops = rate * flops / 1e9
+            print(f"| {name} | {flops / 1e9:.3f} | {label} | {rate:,.1f} | {gflops:,.0f} | "
+                  f"{100 * gflops / limits[precision]:.0f}% |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per figure (each side of a row)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--compile", action="store_true", help="measure eager against torch.compile'd training steps")
+    parser.add_argument("--limit", action="store_true",
+                        help="each autoencoder's training throughput as a share of the machine's matmul limit")
     parser.add_argument("--profile-steps", type=int, default=4, help="autoencoder steps profiled (flow: 4x as many)")
     args = parser.parse_args()
     s, device = args.seconds, resolve_device(args.device)
@@ -329,6 +387,9 @@ def main() -> None:
           flush=True)
     if args.compile:
         compile_comparison(s, device, runtime)
+        return
+    if args.limit:
+        limit_table(s, device)
         return
 
     quick, notebook = PRESETS["quick"], PRESETS["seed"]
