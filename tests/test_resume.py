@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -115,7 +114,10 @@ SAVES = 7
 # inside checkpoint writes; the two signals alternate (SIGINT is Ctrl-C, SIGKILL gives no chance to clean up)
 STRESS = [f"{kind}:{n}:{('SIGKILL', 'SIGINT')[i % 2]}" for i, (kind, n) in enumerate(
     [("step", n) for n in (1, 5, 9, 13, 17, 21, 24, 25, 27, 29, 31, 34, 37, 40)] + [("save", n) for n in (1, 2, 3, 4, 6, 7)])]
-QUICK = ["step:10:SIGKILL", "save:2:SIGKILL", "step:31:SIGINT"]  # in the README's test command
+# in the README's test command, one after the other in one run: epoch 2 of the autoencoder (its first
+# process), its last checkpoint write (the first resume's second save), epoch 2 of the flow (the second
+# resume's 8 autoencoder steps, then 7 of the flow)
+QUICK = ["step:10:SIGKILL", "save:2:SIGKILL", "step:15:SIGINT"]
 
 
 def kill_env(moment=None, steps=None, on_disk=False):
@@ -165,15 +167,27 @@ def assert_resumed_like(run, uninterrupted):
     assert not (run / "checkpoints").exists()  # no checkpoint or half-written temporary file left behind
 
 
-@pytest.mark.parametrize("moment", QUICK)
-def test_a_run_killed_at_any_moment_resumes_to_the_same_weights(tmp_path, pets_parquet, uninterrupted, moment):
-    killed, left = kill_then_resume(moment, tmp_path / "run", pets_parquet)
-    if moment.endswith("SIGKILL"):
-        assert killed.returncode == -signal.SIGKILL
-    else:
-        assert killed.returncode == 130 and "latentflows train --resume" in killed.stderr, killed.stderr[-2000:]
-    assert left, "a checkpoint was written before the moment"
-    assert_resumed_like(tmp_path / "run", uninterrupted)
+def test_a_run_killed_three_times_resumes_each_time_to_the_same_weights(tmp_path, pets_parquet, uninterrupted):
+    """Three stops in one run, each resumed (a resumed process counts its steps and saves from 1): SIGKILL
+    mid-epoch 2 of the autoencoder, SIGKILL while its last checkpoint is written, Ctrl-C mid-epoch 2 of
+    the flow; then a last resume ends the run."""
+    run = tmp_path / "run"
+    command = cli("--data", str(pets_parquet), *KILLED_RUN, "--out", str(run))
+    for moment in QUICK:
+        killed = subprocess.run(command, env=kill_env(moment), capture_output=True, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # Ctrl-C as in a terminal
+        assert not (run / "model.safetensors").exists(), "the run ended before the moment"
+        if moment.endswith("SIGKILL"):
+            assert killed.returncode == -signal.SIGKILL
+        else:  # Ctrl-C: exit code 130, how to continue, no traceback
+            assert killed.returncode == 130, killed.stderr[-2000:]
+            assert "latentflows train --resume" in killed.stderr and "Traceback" not in killed.stderr
+        assert (run / "checkpoints" / "autoencoder.safetensors").exists()
+        command = cli("--resume", str(run))
+    resumed = subprocess.run(command, env=kill_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_resumed_like(run, uninterrupted)
+    assert lf.load(run).class_names == ["cat", "dog"]
 
 
 @pytest.mark.slow
@@ -187,30 +201,6 @@ def test_kill_stress_20_moments_over_both_stages(tmp_path, pets_parquet, uninter
         kills = sum(m.endswith("SIGKILL") for m in STRESS)
         print(f"\nkill stress: {len(STRESS)} kills ({kills} SIGKILL, {len(STRESS) - kills} SIGINT; half of the runs "
               f"read their images from disk), {len(STRESS)} resumes, {identical} identical")
-
-
-def test_ctrl_c_exits_cleanly_and_the_run_resumes(tmp_path, pets_parquet):
-    # enough epochs that the run cannot finish between the first checkpoint and the signal
-    settings = ["--data", str(pets_parquet), "--limit", "600", "--width", "8", "--embedding-dim", "64",
-                "--ae-epochs", "6", "--couplings", "2", "--hidden", "32", "--flow-epochs", "2"]
-    run = tmp_path / "run"
-    # Ctrl-C as in a terminal, even where the tests run in the background (``cmd &`` in a script
-    # starts them with SIGINT ignored, and Python keeps it ignored)
-    process = subprocess.Popen(cli(*settings, "--out", str(run)), env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    checkpoint = run / "checkpoints" / "autoencoder.safetensors"
-    deadline = time.time() + 120
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err[-2000:]
-    assert "latentflows train --resume" in err and "Traceback" not in err
-    assert checkpoint.exists()
-    resumed = subprocess.run(cli("--resume", str(run)), capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert lf.load(run).class_names == ["cat", "dog"]
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
