@@ -116,3 +116,22 @@ class InterruptAt(Callback):
     def on_epoch_end(self, trainer, record):
         if (record.stage, record.epoch) == (self.stage, self.epoch):
             raise KeyboardInterrupt
+
+
+def train_until_interrupted(monkeypatch, stage, epoch, *args, **kwargs):
+    """``lf.train(*args, **kwargs)`` stopped by a Ctrl-C after ``stage``'s ``epoch`` (its checkpoint written)."""
+    import latentflows as lf
+
+    original_init = lf.training.Trainer.__init__
+
+    def with_interrupt(self, *init_args, **init_kwargs):
+        init_kwargs["callbacks"] = [*init_kwargs.get("callbacks", ()), InterruptAt(stage, epoch)]
+        original_init(self, *init_args, **init_kwargs)
+
+    monkeypatch.setattr(lf.training.Trainer, "__init__", with_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            lf.train(*args, **kwargs)
+    finally:
+        monkeypatch.setattr(lf.training.Trainer, "__init__", original_init)
+

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import InterruptAt
+from conftest import train_until_interrupted
 from safetensors.torch import load_file
 
 import latentflows as lf
@@ -34,16 +34,7 @@ def test_resume_after_interruption_matches_uninterrupted(small_pets, tiny_config
     assert not (full / "checkpoints").exists()  # removed once the run is complete
 
     run = tmp_path / "interrupted"
-    original_init = lf.training.Trainer.__init__
-
-    def with_interrupt(self, *args, **kwargs):
-        kwargs["callbacks"] = [*kwargs.get("callbacks", ()), InterruptAt(stage, epoch)]
-        original_init(self, *args, **kwargs)
-
-    monkeypatch.setattr(lf.training.Trainer, "__init__", with_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        lf.train(small_pets, config, run, progress=False, figures=False)
-    monkeypatch.setattr(lf.training.Trainer, "__init__", original_init)
+    train_until_interrupted(monkeypatch, stage, epoch, small_pets, config, run, progress=False, figures=False)
     assert (run / "checkpoints" / f"{stage}.safetensors").exists()
 
     lf.train(small_pets, config, run, progress=False, figures=False, resume=True)
@@ -62,16 +53,8 @@ def test_resume_computes_as_the_run_started_whatever_the_threads_and_default_pre
     assert recorded == {"precision": started, "threads": torch.get_num_threads(),
                         "kernels": torch.backends.cpu.get_cpu_capability()}
     run = tmp_path / "interrupted"
-    original_init = lf.training.Trainer.__init__
-
-    def with_interrupt(self, *args, **kwargs):
-        kwargs["callbacks"] = [*kwargs.get("callbacks", ()), InterruptAt("autoencoder", 1)]
-        original_init(self, *args, **kwargs)
-
-    monkeypatch.setattr(lf.training.Trainer, "__init__", with_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        lf.train(small_pets, config, run, precision=started, progress=False, figures=False)
-    monkeypatch.setattr(lf.training.Trainer, "__init__", original_init)
+    train_until_interrupted(monkeypatch, "autoencoder", 1, small_pets, config, run, precision=started, progress=False,
+                            figures=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1 if threads > 1 else 2)  # the resume happens where threads are set otherwise
     try:

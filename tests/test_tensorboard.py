@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import InterruptAt
+from conftest import train_until_interrupted
 from safetensors.torch import load_file
 
 import latentflows as lf
@@ -132,16 +132,8 @@ def test_a_resumed_run_continues_the_event_files_without_repeating_a_step(watche
     # resumes from epoch 2 (its epoch 3, logged before, is not logged again) and the flow's epoch 3
     # (logged, but after its last checkpoint) is purged and logged again
     run = tmp_path / "run"
-    original_init = lf.training.Trainer.__init__
-
-    def with_interrupt(self, *args, **kwargs):
-        kwargs["callbacks"] = [*kwargs.get("callbacks", ()), InterruptAt("flow", 3)]
-        original_init(self, *args, **kwargs)
-
-    monkeypatch.setattr(lf.training.Trainer, "__init__", with_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        lf.train(small_pets, config, run, progress=False, figures=False, checkpoint_every=2, tensorboard=EVERY)
-    monkeypatch.setattr(lf.training.Trainer, "__init__", original_init)
+    train_until_interrupted(monkeypatch, "flow", 3, small_pets, config, run, progress=False, figures=False,
+                            checkpoint_every=2, tensorboard=EVERY)
     assert [e.step for e in events(run).Scalars("flow/train/loss")] == [4, 5, 6]
 
     lf.train(small_pets, config, run, progress=False, figures=False, checkpoint_every=2, tensorboard=EVERY, resume=True)
