@@ -178,7 +178,7 @@ def feed_step(trainer: Trainer, tensors: list[Tensor], batch: int) -> Callable[[
 def autoencoder_step(config: RunConfig, batch: int, runtime: Runtime, compile: bool = False) -> Callable[[], None]:
     """The autoencoder stage's training step of a run config, on random uint8 images."""
     stage = dict(config.stages())["autoencoder"]
-    autoencoder = stage.build_model(IMAGE_SIZE)
+    autoencoder = stage.build_model(IMAGE_SIZE, 2)
     objective = stage.objective()
     for term in objective.terms.values():
         term.bind({"embedding_dim": autoencoder.embedding_dim, "classes": 2, "image_size": IMAGE_SIZE})
@@ -210,7 +210,7 @@ def flow_step(batch: int, runtime: Runtime, compile: bool = False) -> Callable[[
 
 def generation_step(config: RunConfig, n: int, runtime: Runtime) -> Callable[[], object]:
     stages = dict(config.stages())
-    pipeline = LatentFlowPipeline(stages["autoencoder"].build_model(IMAGE_SIZE), stages["flow"].build_flow(256, 2, 0),
+    pipeline = LatentFlowPipeline(stages["autoencoder"].build_model(IMAGE_SIZE, 2), stages["flow"].build_flow(256, 2, 0),
                                   ["cat", "dog"]).to(runtime.device).eval()
     return lambda: pipeline.generate("dog", n)
 
