@@ -92,7 +92,6 @@ KILLED_RUN = ["--limit", "300", "--width", "8", "--embedding-dim", "64", "--ae-e
               "--couplings", "2", "--hidden", "32", "--flow-epochs", "4", "--flow-batch-size", "64",
               "--import", "kill_switch"]
 STEPS = {"autoencoder": 24, "flow": 16}
-SAVES = 7
 # 20 moments over both stages: mid-step of every epoch, the first and last step of each stage, and
 # inside checkpoint writes; the two signals alternate (SIGINT is Ctrl-C, SIGKILL gives no chance to clean up)
 STRESS = [f"{kind}:{n}:{('SIGKILL', 'SIGINT')[i % 2]}" for i, (kind, n) in enumerate(
@@ -130,18 +129,19 @@ def uninterrupted(tmp_path_factory, pets_parquet):
     return folder / "run"
 
 
-def kill_then_resume(moment, run, pets_parquet, on_disk=False):
-    """Train until ``moment``, resume, and return the killed process and the checkpoints it left.
+def run_until(moment, command, on_disk=False):
+    """Run a training command that stops itself at ``moment`` (Ctrl-C handled as in a terminal).
     ``on_disk``: the images are read from the decode cache by a prefetch thread, not held in memory."""
-    killed = subprocess.run(cli("--data", str(pets_parquet), *KILLED_RUN, "--out", str(run)),
-                            env=kill_env(moment, on_disk=on_disk),
-                            capture_output=True, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # Ctrl-C as in a terminal
+    return subprocess.run(command, env=kill_env(moment, on_disk=on_disk), capture_output=True, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def kill_then_resume(moment, run, pets_parquet, on_disk=False):
+    """Train until ``moment``, then resume to the end."""
+    run_until(moment, cli("--data", str(pets_parquet), *KILLED_RUN, "--out", str(run)), on_disk)
     assert not (run / "model.safetensors").exists(), "the run ended before the moment"
-    left = sorted(path.name for path in (run / "checkpoints").glob("*.safetensors"))
     resumed = subprocess.run(cli("--resume", str(run)), env=kill_env(on_disk=on_disk), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    return killed, left
 
 
 def assert_resumed_like(run, uninterrupted):
@@ -157,8 +157,7 @@ def test_a_run_killed_three_times_resumes_each_time_to_the_same_weights(tmp_path
     run = tmp_path / "run"
     command = cli("--data", str(pets_parquet), *KILLED_RUN, "--out", str(run))
     for moment in QUICK:
-        killed = subprocess.run(command, env=kill_env(moment), capture_output=True, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # Ctrl-C as in a terminal
+        killed = run_until(moment, command)
         assert not (run / "model.safetensors").exists(), "the run ended before the moment"
         if moment.endswith("SIGKILL"):
             assert killed.returncode == -signal.SIGKILL

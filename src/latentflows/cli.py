@@ -208,10 +208,9 @@ def run_train(args: argparse.Namespace) -> None:
             config, data = run.read_settings()
         except ValueError as error:
             raise LatentflowsError(f"{run.settings_file}: {error}") from None
-        try:  # the precision (and threads) the run started with, before anything is said or built
-            runtime.match(run.read_compute())
-        except ValueError as error:
-            raise LatentflowsError(f"{run.settings_file}: {error}") from None
+        from .training.runner import compute_as_started
+
+        compute_as_started(runtime, run)  # the precision the run started with, before it is shown
         _say(runtime, f"resuming {args.resume} (settings and data from its run.json)")
         with runtime.main_process_first():  # one process decodes into the cache, the others read it
             dataset = run.dataset(progress=not args.no_progress)

@@ -79,16 +79,23 @@ def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None =
         logger = [JsonlLogger(run.metrics_file)]
     elif run_dir is not None:
         run = RunFolder(run_dir)  # read (checkpoints to resume from), never written
-    if resume and run is not None:  # the precision and threads the run started with: the same bits
-        try:
-            for warning in runtime.match(run.read_compute()):
-                warnings.warn(warning, stacklevel=2)
-        except ValueError as error:
-            raise LatentflowsError(f"{run.settings_file}: {error}") from None
+    if resume and run is not None:
+        compute_as_started(runtime, run)
     runtime.barrier()
     with runtime.session():
         return _train_stages(dataset, config, run, stages, logger, runtime, resume, progress, figures,
                              checkpoint_every, images_every)
+
+
+def compute_as_started(runtime: Runtime, run: RunFolder) -> None:
+    """Make ``runtime`` compute as the run being resumed did (its precision and CPU threads, from
+    ``run.json``), so that it ends with the same bits; one clear error for an explicitly asked
+    other precision, a warning for other CPU kernels. Calling it again changes nothing."""
+    try:
+        for warning in runtime.match(run.read_compute()):
+            warnings.warn(warning, stacklevel=3)
+    except ValueError as error:
+        raise LatentflowsError(f"{run.settings_file}: {error}") from None
 
 
 def _images_every(tensorboard: bool | int, run_dir: str | Path | None) -> int:
