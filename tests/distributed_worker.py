@@ -4,7 +4,10 @@
 (averaged over processes), then a short training run; each process saves what it ended with.
 """
 
+import atexit
+import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -41,7 +44,14 @@ def first_gradients(pets, runtime):
     return grads
 
 
+def record_exit(out):
+    """Whether the process group is still up as Python exits; registered before the runtime's own
+    exit hook, so it runs after it (last in, first out)."""
+    Path(out, f"exit-{os.environ.get('RANK', 'single')}.txt").write_text(str(torch.distributed.is_initialized()))
+
+
 def main(out, variant="quick"):
+    atexit.register(record_exit, out)
     runtime = as_runtime("cpu")
     tag = f"rank{runtime.rank}" if runtime.world_size > 1 else "single"
     pets = apply_limit(lf.load_images(), 200, seed=0)

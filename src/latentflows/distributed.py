@@ -15,6 +15,7 @@ own update's parameters, which DDP's one-forward-one-backward contract does not 
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -61,6 +62,11 @@ class DistributedRuntime(Runtime):
         if device not in (None, "auto", "cpu") and not str(device).startswith("cuda"):
             raise ValueError(f"device {device!r}: several processes train on CUDA GPUs or on the CPU")
         self.state = PartialState(cpu=str(device) == "cpu")
+        # Ends the process group while Python is still whole: left to interpreter teardown, gloo's
+        # worker threads abort the process now and then (SIGABRT, "terminate called without an
+        # active exception"), failing a run that had finished. Registered once per process.
+        atexit.unregister(_end_process_group)
+        atexit.register(_end_process_group, self.state)
         super().__init__(self.state.device, precision, deterministic)
 
     @property
@@ -134,6 +140,10 @@ class DistributedRuntime(Runtime):
         tensor = torch.tensor([values[n] for n in names], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(tensor)
         return dict(zip(names, (tensor / self.world_size).tolist()))
+
+
+def _end_process_group(state: Any) -> None:
+    state.destroy_process_group()  # a no-op when it is already gone
 
 
 def broadcast_from_main(*tensors: Tensor) -> None:
