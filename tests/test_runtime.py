@@ -1,5 +1,6 @@
 """Devices, precision and determinism: the plumbing, tested on the CPU (and the meta device)."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -195,6 +196,19 @@ def test_the_cli_trains_in_auto_precision_by_default_and_records_it(tmp_path, pe
     forced = build_parser().parse_args(["train", "--precision", "fp32", "--out", str(tmp_path / "fp32")])
     assert _runtime(forced).precision == "fp32"  # --precision fp32 still forces fp32
 
+    # sampling decodes in the precision asked for (auto by default); the flow's log-densities stay fp32's
+    printed = {}
+    for precision in ("fp32", "bf16", None):
+        out = tmp_path / f"{precision}.png"
+        chosen = ["--precision", precision] if precision else []
+        assert main(["sample", str(run), "--class", "dog", "-n", "4", "--out", str(out), "--npy",
+                     str(out.with_suffix(".npy")), *chosen]) == 0
+        printed[precision] = capsys.readouterr().out.split("log-density")[1]
+    assert printed["fp32"] == printed["bf16"] == printed[None]
+    images = {p: torch.from_numpy(np.load(tmp_path / f"{p}.npy")).float() for p in ("fp32", "bf16", None)}
+    assert torch.equal(images[None], images[expected.precision])
+    assert 0 < (images["bf16"] - images["fp32"]).abs().mean() < 2  # of 255 levels: a rounding, not another image
+
 
 def test_bf16_training_reaches_the_fp32_validation_loss_and_ranks_images_alike(small_pets, tiny_config):
     """bf16 keeps 8 bits of mantissa: over a short run on real pets its validation reconstruction loss
@@ -215,3 +229,23 @@ def test_bf16_training_reaches_the_fp32_validation_loss_and_ranks_images_alike(s
     assert torch.corrcoef(torch.stack([ranks["fp32"], ranks["bf16"]]))[0, 1] > 0.98  # Spearman's rank correlation
     samples = runs["bf16"].generate("cat", n=8, seed=1)
     assert torch.isfinite(samples.log_prob).all() and (samples.log_prob.diff() <= 0).all()  # ranked, highest first
+    assert runs["bf16"].precision == "bf16" and runs["fp32"].precision == "fp32"  # a trained pipeline decodes so
+
+
+def test_a_pipeline_decodes_in_its_precision_and_refuses_an_unknown_one():
+    from latentflows.flows import ConditionalRealNVP
+
+    pipeline = lf.LatentFlowPipeline(lf.ConvAutoencoder(8, width=2, image_size=32, fc_dim=16),
+                                     ConditionalRealNVP(8, context_size=2, couplings=2, hidden=[8]), ["cat", "dog"])
+    assert pipeline.precision == "auto" and pipeline.decode_precision == Runtime("cpu", "auto").precision
+    seen = {}
+    for part in ("fc_encode", "fc_decode"):
+        getattr(pipeline.autoencoder, part).register_forward_hook(lambda m, i, out, part=part: seen.update({part: out.dtype}))
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        pipeline.precision = precision
+        images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+        reconstructions = pipeline.reconstruct(images)
+        assert seen == {"fc_encode": torch.float32, "fc_decode": dtype}  # the encoder always fp32: exact embeddings
+        assert reconstructions.dtype == torch.uint8
+    with pytest.raises(lf.LatentflowsError, match="unknown precision 'fp8'; use one of auto, fp32, bf16, fp16"):
+        pipeline.precision = "fp8"

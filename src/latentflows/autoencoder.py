@@ -402,7 +402,7 @@ def decode_embeddings(autoencoder: nn.Module, embeddings: Tensor, batch_size: in
     on the CPU, in batches, in eval mode (the mode found is restored)."""
     with evaluation_mode(autoencoder):
         parts = [to_uint8(autoencoder.decode(embeddings[i : i + batch_size],
-                                             None if context is None else context[i : i + batch_size])).cpu()
+                                             None if context is None else context[i : i + batch_size]).float()).cpu()
                  for i in range(0, len(embeddings), batch_size)]
     return torch.cat(parts)
 

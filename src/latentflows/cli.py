@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .config import OPTIONS, PRESETS, integer, parse_set, positive_float, positive_int
 from .errors import LatentflowsError
 from .extras import require
-from .runtime import DEVICE_HELP, PRECISION_CHOICES, Runtime, as_runtime
+from .runtime import Runtime, add_compute_options, as_runtime
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import RunConfig
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="EPOCHS",
                        help="save a resumable checkpoint every this many epochs (default 1)")
     train.add_argument("--compile", action="store_true", default=None, help="torch.compile the training steps")
-    _device_options(train, training=True)
+    add_compute_options(train, training=True)
     train.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", type=_argument(parse_set),
                        help="set any config path, VALUE as JSON, e.g. stages.flow.config.epochs=50 or "
                             "stages.flow.config.model.config.bijection='{\"class\": \"Additive\"}' (repeatable)")
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="generate images of one class from a trained run")
     sample.add_argument("run", type=Path)
-    _device_options(sample)
+    add_compute_options(sample)
     sample.add_argument("--class", dest="label", required=True, help="class name, e.g. cat or dog")
     sample.add_argument("-n", type=_positive_int, default=16, help="number of images (default 16)")
     sample.add_argument("--temperature", type=_positive_float, default=1.0, help="scale of the base noise (default 1)")
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="measure a trained run on its validation split, write eval.json")
     evaluate.add_argument("run", type=Path)
-    _device_options(evaluate)
+    add_compute_options(evaluate)
     evaluate.add_argument("--data", help="data source, when the one in the run's run.json has moved")
     evaluate.add_argument("--samples", type=_positive_int, metavar="N",
                           help="generated images per class (default: as many as the class has validation images)")
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     interpolate = commands.add_parser("interpolate", help="decode a walk between two classes through the base space")
     interpolate.add_argument("run", type=Path)
-    _device_options(interpolate)
+    add_compute_options(interpolate)
     interpolate.add_argument("--from", dest="start", required=True, help="class at the left end, e.g. cat")
     interpolate.add_argument("--to", dest="end", required=True, help="class at the right end, e.g. dog")
     interpolate.add_argument("--steps", type=_positive_int, default=10, help="images per row (default 10)")
@@ -154,17 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
     cache = commands.add_parser("cache", help="show or empty the decoded-image cache")
     cache.add_argument("action", choices=["info", "clear"])
     return parser
-
-
-def _device_options(parser: argparse.ArgumentParser, training: bool = False) -> None:
-    parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default auto)")
-    if training:
-        parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
-                            help="autocast precision of the autoencoder (the flow stays fp32): auto is bf16 where the "
-                                 "device multiplies bf16 matrices natively (AMX, AVX-512 BF16, a bf16 GPU), else fp32; "
-                                 "fp16 uses loss scaling (default auto)")
-        parser.add_argument("--deterministic", action="store_true",
-                            help="deterministic kernels only: the same weights on every run on a GPU, a bit slower")
 
 
 def _runtime(args: argparse.Namespace) -> Runtime:
@@ -301,7 +290,8 @@ def run_sample(args: argparse.Namespace) -> None:
         raise LatentflowsError(f"--npy {args.npy}: the file name must end in .npy (numpy would add it silently)")
     if args.npy is not None and args.npy.exists() and not args.overwrite:
         raise LatentflowsError(f"{args.npy} already exists; choose another name or pass --overwrite")
-    pipeline = load(args.run, _runtime(args).device)
+    runtime = _runtime(args)
+    pipeline = load(args.run, runtime.device, runtime.precision)
     samples = pipeline.generate(args.label, args.n, args.temperature, args.seed)
     columns = min(8, args.n)
     rows = [samples.images[i : i + columns] for i in range(0, args.n, columns)]
@@ -346,7 +336,8 @@ def run_interpolate(args: argparse.Namespace) -> None:
     _check_png_target(args.out, args.overwrite)
     if args.steps < 2:
         raise LatentflowsError(f"--steps must be at least 2, got {args.steps}")
-    pipeline = load(args.run, _runtime(args).device)
+    runtime = _runtime(args)
+    pipeline = load(args.run, runtime.device, runtime.precision)
     rows = interpolate(pipeline, args.start, args.end, args.steps, args.seed, args.temperature)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     start, end = (pipeline.class_names[pipeline.class_index(label)] for label in (args.start, args.end))

@@ -288,7 +288,7 @@ def _port(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``latentflows demo``."""
-    from .runtime import DEVICE_HELP
+    from .runtime import add_compute_options
 
     parser.add_argument("run", type=Path, help="a trained run folder")
     parser.add_argument("--host", default=LOCALHOST,
@@ -297,7 +297,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=_port, help="port to listen on (default: the first free one from 7860)")
     parser.add_argument("--share", action="store_true",
                         help="also open a temporary public link through gradio.live (needs the internet)")
-    parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default auto)")
+    add_compute_options(parser)
 
 
 def _is_loopback(host: str) -> bool:
@@ -318,7 +318,7 @@ def run(args: argparse.Namespace) -> None:
 
     _gradio()  # a missing extra is reported before the model loads
     try:
-        pipeline = load(args.run, args.device)
+        pipeline = load(args.run, args.device, args.precision)
     except ValueError as error:  # an unavailable device
         raise LatentflowsError(f"--device {args.device}: {error}") from None
     demo = launch_demo(pipeline, args.host, args.port, args.share)

@@ -130,7 +130,9 @@ class Generator(nn.Module):
     inverse maps it to embeddings, which the autoencoder decodes; ``log_prob`` is
     ``base.log_prob(noise) - logabsdet`` of the inverse, the model's own log-density of each
     embedding (as ``generate`` reports it). The pipeline always runs in eval mode (its own
-    mode is given back after each call; ``train()`` on the generator leaves it alone).
+    mode is given back after each call; ``train()`` on the generator leaves it alone). It
+    computes in fp32 whatever the pipeline's ``precision``: an ONNX graph is exported, and
+    checked, in the precision its users' runtimes will run it in.
 
     Args:
         pipeline: the trained pipeline (a ``LatentFlowPipeline``).

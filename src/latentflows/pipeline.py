@@ -26,7 +26,7 @@ from .flows import Flow
 from .hub import CARD_TAGS, LIBRARY_NAME, MODEL_FILES
 from .registry import deserialize, serialize
 from .runs import RunFolder
-from .runtime import evaluation_mode, resolve_device
+from .runtime import PRECISION_CHOICES, autocast_to, evaluation_mode, resolve_device, resolve_precision
 from .storage import load_safetensors, load_state_strictly, read_json, save_safetensors, write_json
 
 RUN_FORMAT = "latentflows-run"
@@ -70,6 +70,10 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
         class_names: the classes, in label order.
         config: the run config it was trained with (a dict), kept for reference.
         summary: figures of its training (seconds, best flow epoch).
+        precision: what the decoder computes in: ``"auto"`` (bf16 where the device multiplies
+            bf16 matrices natively, else fp32; see ``resolve_precision``), ``"fp32"``, ``"bf16"``
+            or ``"fp16"``. The encoder and the flow always compute in fp32: embeddings and
+            log-densities are exactly those the flow was trained on.
 
     Example:
         >>> import torch, latentflows as lf
@@ -83,12 +87,31 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
     """
 
     def __init__(self, autoencoder: nn.Module, flow: Flow, class_names: list[str],
-                 config: dict[str, Any] | None = None, summary: dict[str, Any] | None = None):
+                 config: dict[str, Any] | None = None, summary: dict[str, Any] | None = None,
+                 precision: str = "auto"):
         super().__init__()
         self.autoencoder, self.flow = autoencoder, flow
         self.class_names = list(class_names)
         self.config = dict(config or {})
         self.summary = dict(summary or {})
+        self.precision = precision
+
+    @property
+    def precision(self) -> str:
+        """What the decoder computes in, as asked (``"auto"`` is resolved for the device at each
+        decode; ``decode_precision`` says what it becomes)."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, precision: str) -> None:
+        if precision not in PRECISION_CHOICES:
+            raise LatentflowsError(f"unknown precision {precision!r}; use one of {', '.join(PRECISION_CHOICES)}")
+        self._precision = precision
+
+    @property
+    def decode_precision(self) -> str:
+        """The precision the decoder computes in on the pipeline's current device."""
+        return resolve_precision(self._precision, self.device)[0]
 
     @property
     def device(self) -> torch.device:
@@ -107,7 +130,8 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
         elif is_class_conditional(self.autoencoder):
             raise LatentflowsError("this model's decoder is class-conditional: decode(embeddings, "
                                    "pipeline.one_hot(labels)) needs the classes of the embeddings")
-        return decode_embeddings(self.autoencoder, embeddings.to(self.device), batch_size, context)
+        with autocast_to(self.decode_precision, self.device):
+            return decode_embeddings(self.autoencoder, embeddings.to(self.device), batch_size, context)
 
     def reconstruct(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
         """uint8 images -> their uint8 reconstructions (a class-conditional decoder also needs
@@ -174,9 +198,11 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
         write_json(run.config_file, saved)
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str | torch.device = "auto") -> "LatentFlowPipeline":
+    def load(cls, run_dir: str | Path, device: str | torch.device = "auto",
+             precision: str = "auto") -> "LatentFlowPipeline":
         """Load a run folder (JSON + safetensors only; runs of format 1 are converted in memory)
-        onto ``device`` (``"auto"``: a GPU when there is one, else the CPU)."""
+        onto ``device`` (``"auto"``: a GPU when there is one, else the CPU); ``precision``: what
+        its decoder computes in (see the class)."""
         run = RunFolder(run_dir)
         if not run.path.is_dir():
             raise ModelFileError(f"{run.path}: no such run folder")
@@ -195,7 +221,7 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
             raise
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(f"{run.config_file}: incomplete or incompatible config ({error})") from None
-        pipeline = cls(autoencoder, flow, class_names, fields.get("config"), fields.get("summary"))
+        pipeline = cls(autoencoder, flow, class_names, fields.get("config"), fields.get("summary"), precision)
         tensors, _ = load_safetensors(run.weights_file, WEIGHTS_FORMAT)
         load_state_strictly(pipeline, weights_from_v1(tensors) if version < 2 else tensors, run.weights_file)
         return pipeline.to(resolve_device(device)).eval()
@@ -239,7 +265,7 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, device: str | torch.device = "auto",
                         revision: str | None = None, token: str | bool | None = None, cache_dir: str | Path | None = None,
-                        force_download: bool = False, local_files_only: bool = False,
+                        force_download: bool = False, local_files_only: bool = False, precision: str = "auto",
                         **model_kwargs: Any) -> "LatentFlowPipeline":
         """Load a pipeline from a run folder (exactly as ``load``) or a Hugging Face Hub id
         (``owner/name``: its ``config.json`` and ``model.safetensors`` are downloaded into the
@@ -253,6 +279,7 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
             cache_dir: another cache folder than the Hugging Face default.
             force_download: download again even when cached.
             local_files_only: never download; only the cache.
+            precision: what the decoder computes in (see the class).
 
         Raises:
             LatentflowsError: one line: no such folder or model, offline and not cached, incompatible files.
@@ -276,17 +303,18 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
         # the download happens here, with one-line errors; the mixin then reads a local folder only
         folder = resolve_run(pretrained_model_name_or_path, download=not local_files_only, revision=revision,
                              token=token, cache_dir=cache_dir, force_download=force_download, files=MODEL_FILES)
-        return super().from_pretrained(folder, device=device, **model_kwargs)
+        return super().from_pretrained(folder, device=device, precision=precision, **model_kwargs)
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | Path | None,
                          force_download: bool, local_files_only: bool, token: str | bool | None,
-                         device: str | torch.device = "auto", **model_kwargs: Any) -> "LatentFlowPipeline":
+                         device: str | torch.device = "auto", precision: str = "auto",
+                         **model_kwargs: Any) -> "LatentFlowPipeline":
         # the mixin passes config.json's fields that are __init__ arguments; the strict loader reads them itself
         unexpected = sorted(set(model_kwargs) - set(cls._hub_mixin_init_parameters))
         if unexpected:
             raise TypeError(f"from_pretrained() got unexpected keyword argument(s): {', '.join(unexpected)}")
-        return cls.load(model_id, device)  # from_pretrained has resolved it to a local folder
+        return cls.load(model_id, device, precision)  # from_pretrained has resolved it to a local folder
 
     def push_to_hub(self, repo_id: str, *, config: dict | None = None,
                     commit_message: str = "Upload latentflows pipeline", private: bool | None = None,
@@ -311,6 +339,7 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
                                        model_card_kwargs=card)
 
 
-def load(run_dir: str | Path, device: str | torch.device = "auto") -> LatentFlowPipeline:
-    """Load a trained pipeline from a run folder (JSON + safetensors only) onto ``device``."""
-    return LatentFlowPipeline.load(run_dir, device)
+def load(run_dir: str | Path, device: str | torch.device = "auto", precision: str = "auto") -> LatentFlowPipeline:
+    """Load a trained pipeline from a run folder (JSON + safetensors only) onto ``device``;
+    ``precision``: what its decoder computes in (``LatentFlowPipeline``)."""
+    return LatentFlowPipeline.load(run_dir, device, precision)

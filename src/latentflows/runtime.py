@@ -9,6 +9,7 @@ subclass, not a change to every loop: a new device option is one class in one pl
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Any, ContextManager, Iterator, Sequence
 
@@ -58,13 +59,14 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return resolved
 
 
-def _cpu_flags() -> set[str] | None:
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str] | None:
     """The CPU's feature flags from /proc/cpuinfo (Linux), or None where there is no such file."""
     try:
         with open("/proc/cpuinfo") as stream:
             for line in stream:
                 if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
     return None
@@ -124,6 +126,37 @@ def resolve_precision(precision: str, device: str | torch.device) -> tuple[str, 
         where = f"cpu, {torch.backends.cpu.get_cpu_capability()} kernels" if device.type == "cpu" else device.type
         return "fp32", f"auto: no native bf16 matrix math ({where})"
     return "bf16", f"auto: {native}"
+
+
+def autocast_to(precision: str, device: str | torch.device) -> ContextManager:
+    """Autocast on ``device`` to a resolved precision (``"fp32"``, ``"bf16"``, ``"fp16"``);
+    fp32 (and the meta device) computes as written.
+
+    Example:
+        >>> with autocast_to("bf16", "cpu"):
+        ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+        torch.bfloat16
+    """
+    dtype = PRECISIONS[precision]
+    device = torch.device(device)
+    if dtype is None or device.type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def add_compute_options(parser: Any, training: bool = False) -> None:
+    """A command's ``--device`` and ``--precision`` (and, for ``training``, ``--deterministic``):
+    the same words on every command that runs a model."""
+    parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default auto)")
+    what = ("autocast precision of the autoencoder (the flow stays fp32)" if training else
+            "what the decoder computes in (the encoder and the flow: fp32, so log-densities are exact)")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                        help=f"{what}: auto is bf16 where the device multiplies bf16 matrices natively (AMX, "
+                             "AVX-512 BF16, a bf16 GPU), else fp32" + ("; fp16 uses loss scaling" if training else "")
+                             + " (default auto)")
+    if training:
+        parser.add_argument("--deterministic", action="store_true",
+                            help="deterministic kernels only: the same weights on every run on a GPU, a bit slower")
 
 
 class Runtime:
@@ -251,10 +284,7 @@ class Runtime:
     # ------------------------------------------------------------------ numerics
     def autocast(self, enabled: bool = True) -> ContextManager:
         """Autocast to the chosen precision (a no-op for fp32 or ``enabled=False``)."""
-        dtype = PRECISIONS[self.precision]
-        if dtype is None or not enabled or self.device.type == "meta":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast_to(self.precision if enabled else "fp32", self.device)
 
     def grad_scaler(self, enabled: bool = True) -> torch.amp.GradScaler | None:
         """A loss scaler for fp16 training, None otherwise."""

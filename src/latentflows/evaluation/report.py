@@ -118,7 +118,8 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
     report: dict = {"format": EVAL_FORMAT, "format_version": 1, "latentflows_version": __version__,
                     "settings": {"seed": seed, "temperature": temperature, "samples_per_class": samples_per_class,
                                  "train_images": len(train_set), "val_images": len(val_set),
-                                 "device": str(device)}}
+                                 "device": str(device), "decode_precision": pipeline.decode_precision,
+                                 "judge_precision": runtime.precision}}
 
     _log(progress, "evaluate: autoencoder reconstructions")
     reconstructions = pipeline.reconstruct(val_set.images, val_set.labels)
@@ -428,7 +429,8 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
                  download: bool = True, samples_per_class: int | None = None, seed: int = 0,
                  temperature: float = 1.0, classifier_epochs: int = 12, judge: str | Path | None = None,
                  imagenet: Sequence[int] = (0, 2), progress: bool = True,
-                 device: str | torch.device | Runtime = "auto", classifier_dir: str | Path | None = None) -> dict:
+                 device: str | torch.device | Runtime = "auto", classifier_dir: str | Path | None = None,
+                 precision: str = "auto") -> dict:
     """Evaluate a run folder on its own split; write ``eval.json`` and ``eval-nearest.png``.
 
     The judge classifier is trained once and kept in ``RUN/classifier/``, so later
@@ -457,6 +459,10 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
             ``"cuda"``, ``"cuda:N"``, ``"mps"``, a ``torch.device`` or a ``Runtime``. The
             pipeline and the networks are loaded there; the work runs in the runtime's
             ``session()``; the judge is saved as CPU tensors.
+        precision: what the decoder and the judge's training compute in, when ``device`` is not
+            a ``Runtime`` (which brings its own): ``"auto"`` (bf16 where the device multiplies
+            bf16 matrices natively), ``"fp32"``, ``"bf16"``; the flow, the encoder and the
+            FID/ImageNet networks compute in fp32 (figures comparable between machines).
         classifier_dir: where this run's judge is kept (default ``RUN/classifier``; e.g. beside
             ``out`` for a run downloaded from the Hub, whose folder is not ours to write).
     """
@@ -467,7 +473,7 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
     from ..storage import write_json
     from .inception import load_inception
 
-    runtime = as_runtime(device)
+    runtime = as_runtime(device, precision)
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "eval.json"
     figure = out.with_name(out.stem + "-nearest.png")
@@ -477,7 +483,7 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
         if path.exists() and not overwrite:
             raise LatentflowsError(f"{path} already exists; pass --overwrite to replace it or --out to write elsewhere")
     with runtime.session():
-        pipeline = load(run_dir, device=runtime.device)
+        pipeline = load(run_dir, device=runtime.device, precision=runtime.precision)
         extractor, fid_source = (None, "turned off (--no-fid)")
         if fid:  # before the slow steps: a bad --fid-weights path fails now
             extractor, fid_source = load_inception(fid_weights, download)

@@ -145,7 +145,7 @@ def _train_stages(dataset: ImageDataset, config: RunConfig, run: RunFolder | Non
     context.summary["train_seconds"] = round(time.perf_counter() - started, 1)
     context.summary["precision"] = runtime.precision  # what the autoencoder was trained in (the flow: fp32)
     pipeline = LatentFlowPipeline(context.models["autoencoder"], context.models["flow"], dataset.class_names,
-                                  config.as_dict(), context.summary).eval()
+                                  config.as_dict(), context.summary, precision=runtime.precision).eval()
     runtime.barrier()  # every process is done with the checkpoints
     if run is not None and runtime.is_main_process:
         pipeline.save(run.path)

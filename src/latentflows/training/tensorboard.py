@@ -202,8 +202,10 @@ class TensorBoardLogger(Callback):
             self._validation = val_set.images[pick[: self.columns]].cpu()
             self._validation_labels = val_set.labels[pick[: self.columns]].cpu()
         context = class_context(autoencoder, self._validation_labels.to(next(autoencoder.parameters()).device))
-        # each restores the autoencoder's mode
-        reconstructions = decode_embeddings(autoencoder, encode_images(autoencoder, self._validation), context=context)
+        # each restores the autoencoder's mode; decoded as the trained pipeline will decode
+        embeddings = encode_images(autoencoder, self._validation)
+        with self.context.runtime.autocast():
+            reconstructions = decode_embeddings(autoencoder, embeddings, context=context)
         return [self._validation, reconstructions]
 
     def _samples(self, flow: nn.Module) -> list[Tensor] | None:
@@ -212,7 +214,8 @@ class TensorBoardLogger(Callback):
         autoencoder = self.context.models.get("autoencoder")
         if autoencoder is None:
             return None
-        pipeline = LatentFlowPipeline(autoencoder, flow, self.context.class_names)  # generate restores the modes
+        # generate restores the modes; it decodes as the trained pipeline will
+        pipeline = LatentFlowPipeline(autoencoder, flow, self.context.class_names, precision=self.context.runtime.precision)
         return [pipeline.generate(name, self.columns, seed=self.context.seed + k).images
                 for k, name in enumerate(self.context.class_names[: self.max_classes])]
 
