@@ -58,7 +58,7 @@ class Affine(ElementwiseBijection):
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         log_scale = self.log_scale(params)
-        return x * log_scale.exp() + params[:, 1], log_scale.sum(1)
+        return torch.addcmul(params[:, 1], x, log_scale.exp()), log_scale.sum(1)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         log_scale = self.log_scale(params)

@@ -16,6 +16,7 @@ from torch import Tensor
 from ..registry import build, deserialize, register, serialize
 from .base import Transform, check_features
 from .bijections import ElementwiseBijection, TanhAffine
+from .permutation import permute_columns
 
 MASKS = ("alternate", "half")
 INJECTED = ("in_features", "features", "params_per_feature")  # set by the coupling, not by the config
@@ -49,6 +50,28 @@ def coupling_mask(features: int, kind: str | Sequence[bool], flip: bool = False)
 
 
 DEFAULT_CONDITIONER = {"class": "CouplingNet", "config": {}}
+
+
+def _layout(identity_index: Tensor, transformed_index: Tensor) -> str:
+    """How a coupling cuts its two parts out of the features without copying where it can:
+    ``"interleaved"`` (one at the even features, the other at the odd: the ``alternate`` mask),
+    ``"identity first"`` / ``"transformed first"`` (two contiguous blocks: the ``half`` mask),
+    else ``"permuted"`` (a gather into identity-then-transformed order, and one back).
+
+    Example:
+        >>> _layout(torch.tensor([1, 3]), torch.tensor([0, 2])), _layout(torch.tensor([2, 3]), torch.tensor([0, 1]))
+        ('interleaved', 'transformed first')
+    """
+    features, k = len(identity_index) + len(transformed_index), len(identity_index)
+    if features % 2 == 0 and k == features // 2:
+        for start in (0, 1):
+            if torch.equal(identity_index, torch.arange(start, features, 2)):
+                return "interleaved"
+    if torch.equal(identity_index, torch.arange(k)):
+        return "identity first"
+    if torch.equal(identity_index, torch.arange(features - k, features)):
+        return "transformed first"
+    return "permuted"
 
 
 @register
@@ -98,6 +121,8 @@ class Coupling(Transform):
         self.register_buffer("identity_index", identity_index)
         self.register_buffer("transformed_index", transformed_index)
         self.register_buffer("restore_order", torch.argsort(torch.cat([identity_index, transformed_index])))
+        self.register_buffer("split_order", torch.cat([identity_index, transformed_index]), persistent=False)
+        self._layout = _layout(identity_index, transformed_index)
         spec = conditioner if conditioner is not None else DEFAULT_CONDITIONER
         self.conditioner = build(spec, in_features=len(identity_index) + context_size,
                                  features=len(transformed_index),
@@ -112,18 +137,43 @@ class Coupling(Transform):
             x_identity = torch.cat([x_identity, context], dim=1)
         return self.conditioner(x_identity)
 
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(identity part, transformed part) of ``x``: views where the mask allows (see ``_layout``)."""
+        # unbind and split: one autograd node each, whose backward is one stack or cat
+        k = len(self.identity_index)
+        if self._layout == "interleaved":
+            even, odd = x.unflatten(1, (self.features // 2, 2)).unbind(2)
+            return (even, odd) if int(self.identity_index[0]) == 0 else (odd, even)
+        if self._layout == "identity first":
+            identity, transformed = x.split([k, self.features - k], dim=1)
+            return identity, transformed
+        if self._layout == "transformed first":
+            transformed, identity = x.split([self.features - k, k], dim=1)
+            return identity, transformed
+        return permute_columns(x, self.split_order, self.restore_order).split([k, self.features - k], dim=1)
+
+    def _merge(self, identity: Tensor, transformed: Tensor) -> Tensor:
+        """The inverse of ``_split``."""
+        if self._layout == "interleaved":
+            parts = (identity, transformed) if int(self.identity_index[0]) == 0 else (transformed, identity)
+            return torch.stack(parts, dim=2).flatten(1)
+        if self._layout == "identity first":
+            return torch.cat([identity, transformed], dim=1)
+        if self._layout == "transformed first":
+            return torch.cat([transformed, identity], dim=1)
+        return permute_columns(torch.cat([identity, transformed], dim=1), self.restore_order, self.split_order)
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features(x, self.features, "Coupling")
-        x_identity = x[:, self.identity_index]
-        z_transformed, logabsdet = self.bijection(x[:, self.transformed_index], self._params(x_identity, context))
-        return torch.cat([x_identity, z_transformed], dim=1)[:, self.restore_order], logabsdet
+        x_identity, x_transformed = self._split(x)
+        z_transformed, logabsdet = self.bijection(x_transformed, self._params(x_identity, context))
+        return self._merge(x_identity, z_transformed), logabsdet
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features(z, self.features, "Coupling")
-        z_identity = z[:, self.identity_index]
-        x_transformed, logabsdet = self.bijection.inverse(z[:, self.transformed_index],
-                                                          self._params(z_identity, context))
-        return torch.cat([z_identity, x_transformed], dim=1)[:, self.restore_order], logabsdet
+        z_identity, z_transformed = self._split(z)
+        x_transformed, logabsdet = self.bijection.inverse(z_transformed, self._params(z_identity, context))
+        return self._merge(z_identity, x_transformed), logabsdet
 
     def get_config(self) -> dict[str, Any]:
         conditioner = serialize(self.conditioner)
