@@ -123,6 +123,7 @@ class Coupling(Transform):
         self.register_buffer("restore_order", torch.argsort(torch.cat([identity_index, transformed_index])))
         self.register_buffer("split_order", torch.cat([identity_index, transformed_index]), persistent=False)
         self._layout = _layout(identity_index, transformed_index)
+        self._identity_even = bool(identity_index[0] == 0)  # for "interleaved": which of each pair it is
         spec = conditioner if conditioner is not None else DEFAULT_CONDITIONER
         self.conditioner = build(spec, in_features=len(identity_index) + context_size,
                                  features=len(transformed_index),
@@ -142,8 +143,9 @@ class Coupling(Transform):
         # unbind and split: one autograd node each, whose backward is one stack or cat
         k = len(self.identity_index)
         if self._layout == "interleaved":
-            even, odd = x.unflatten(1, (self.features // 2, 2)).unbind(2)
-            return (even, odd) if int(self.identity_index[0]) == 0 else (odd, even)
+            # reshape with -1: the batch stays a dynamic size in an exported graph
+            even, odd = x.reshape(-1, self.features // 2, 2).unbind(2)
+            return (even, odd) if self._identity_even else (odd, even)
         if self._layout == "identity first":
             identity, transformed = x.split([k, self.features - k], dim=1)
             return identity, transformed
@@ -155,7 +157,7 @@ class Coupling(Transform):
     def _merge(self, identity: Tensor, transformed: Tensor) -> Tensor:
         """The inverse of ``_split``."""
         if self._layout == "interleaved":
-            parts = (identity, transformed) if int(self.identity_index[0]) == 0 else (transformed, identity)
+            parts = (identity, transformed) if self._identity_even else (transformed, identity)
             return torch.stack(parts, dim=2).flatten(1)
         if self._layout == "identity first":
             return torch.cat([identity, transformed], dim=1)
