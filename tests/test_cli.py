@@ -22,6 +22,13 @@ def test_cli_end_to_end_on_real_data(tmp_path, pets_parquet, capsys):
     assert Image.open(grid).size[0] > 5 * 64
 
     capsys.readouterr()
+    assert main(["sample", str(run), "--class", "dog", "-n", "3", "--guidance", "4", "--candidates", "4",
+                 "--out", str(tmp_path / "guided.png")]) == 0
+    assert "p(dog | image)" in capsys.readouterr().out and (tmp_path / "guided.png").is_file()
+    with pytest.raises(SystemExit):
+        main(["sample", str(run), "--class", "dog", "--guidance", "-1", "--out", str(tmp_path / "g.png")])
+    assert "--guidance: must be a finite number >= 0" in capsys.readouterr().err and not (tmp_path / "g.png").exists()
+
     assert main(["info", str(run)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["classes"] == ["cat", "dog"] and info["flow"]["couplings"] == 2

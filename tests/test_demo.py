@@ -190,6 +190,7 @@ def test_bad_inputs_are_clear_errors(client, pipeline):
     with pytest.raises(AppError, match="minimum"):
         client.predict(start="cat", end="dog", steps=1, seed=0, temperature=1.0, api_name="/interpolate")
     assert len(client.predict(label="cat", temperature=1.0, seed=0, count=1, api_name="/generate")) == 1
+    assert len(client.predict(label="cat", temperature=1.0, seed=0, count=2, guidance=3.0, api_name="/generate")) == 2
 
     # the same checks without the web layer, for callers of the functions
     for arguments, message in [({"count": 65}, "count must be between 1 and 64, got 65"),
@@ -197,6 +198,7 @@ def test_bad_inputs_are_clear_errors(client, pipeline):
                                ({"seed": -1}, "seed must be between"),
                                ({"temperature": 0.0}, "temperature must be between 0.1 and 1.5"),
                                ({"temperature": float("nan")}, "temperature must be between"),
+                               ({"guidance": -0.5}, "guidance must be between 0.0 and 10.0"),
                                ({"label": "horse"}, "unknown class 'horse'; this model knows: cat, dog")]:
         with pytest.raises(lf.LatentflowsError, match=message):
             generate_gallery(pipeline, **{"label": "dog", **arguments})

@@ -11,7 +11,7 @@ from torch.utils._pytree import tree_leaves
 
 from latentflows import train
 from latentflows.cli import main
-from latentflows.errors import ModelFileError
+from latentflows.errors import LatentflowsError, ModelFileError
 from latentflows.evaluation import (
     FIDInceptionV3,
     ImageClassifier,
@@ -251,7 +251,11 @@ def test_evaluate_run_on_a_chosen_device(tiny_pipeline, tmp_path):
     assert json.loads((run / "eval.json").read_text())["flow"] == report["flow"]
     judge, _ = load_model(run / "classifier")
     assert all(t.device.type == "cpu" for t in judge.state_dict().values())
-    again = evaluate_run(run, device=Runtime("cpu"), out=tmp_path / "again.json", **options)
+    with pytest.raises(LatentflowsError, match="guidance must be a finite number >= 0"):
+        evaluate_run(run, guidance=-1.0, out=tmp_path / "bad.json", **options)
+    again = evaluate_run(run, device=Runtime("cpu"), out=tmp_path / "again.json", guidance=2.0, candidates=3,
+                         **options)
+    assert again["settings"]["guidance"] == 2.0 and again["settings"]["candidates"] == 3
     assert not again["classifier"]["trained_now"] and again["classifier"]["val_accuracy"] == report["classifier"]["val_accuracy"]
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .config import OPTIONS, PRESETS, integer, parse_set, positive_float, positive_int
+from .config import OPTIONS, PRESETS, integer, non_negative_float, parse_set, positive_float, positive_int
 from .errors import LatentflowsError
 from .extras import require
 from .runtime import Runtime, add_compute_options, as_runtime
@@ -54,6 +54,16 @@ def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 _positive_int = _argument(positive_int)
 _int = _argument(integer)
 _positive_float = _argument(positive_float)
+_non_negative_float = _argument(non_negative_float)
+
+
+def add_guidance_options(parser: argparse.ArgumentParser) -> None:
+    """``--guidance`` and ``--candidates``: resample by the flow's class posterior (``latentflows.guidance``)."""
+    parser.add_argument("--guidance", type=_non_negative_float, default=0.0, metavar="GAMMA",
+                        help="keep samples with probability proportional to p(class | embedding)^GAMMA, the "
+                             "flow's own class posterior: more class, less variety (default 0: plain sampling)")
+    parser.add_argument("--candidates", type=_positive_int, default=8, metavar="K",
+                        help="with --guidance: embeddings drawn per image kept (default 8)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("-n", type=_positive_int, default=16, help="number of images (default 16)")
     sample.add_argument("--temperature", type=_positive_float, default=1.0, help="scale of the base noise (default 1)")
     sample.add_argument("--seed", type=_int, default=0)
+    add_guidance_options(sample)
     sample.add_argument("--out", type=Path, required=True, help="PNG grid to write, highest log-density first")
     sample.add_argument("--npy", type=Path, help="also write the uint8 images (n, S, S, 3) as .npy")
     sample.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -109,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="generated images per class (default: as many as the class has validation images)")
     evaluate.add_argument("--seed", type=_int, default=0, help="seed for the generated images (default 0)")
     evaluate.add_argument("--temperature", type=_positive_float, default=1.0, help="scale of the base noise")
+    add_guidance_options(evaluate)
     fid = evaluate.add_mutually_exclusive_group()
     fid.add_argument("--fid-weights", type=Path, metavar="PATH",
                      help="Inception weights for FID/KID (.safetensors, or torch-fidelity's .pth); "
@@ -292,15 +304,17 @@ def run_sample(args: argparse.Namespace) -> None:
         raise LatentflowsError(f"{args.npy} already exists; choose another name or pass --overwrite")
     runtime = _runtime(args)
     pipeline = load(args.run, runtime.device, runtime.precision)
-    samples = pipeline.generate(args.label, args.n, args.temperature, args.seed)
+    samples = pipeline.generate(args.label, args.n, args.temperature, args.seed, args.guidance, args.candidates)
     columns = min(8, args.n)
     rows = [samples.images[i : i + columns] for i in range(0, args.n, columns)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     image_grid(rows, scale=2).save(args.out)
     if args.npy is not None:
         np.save(args.npy, samples.images.permute(0, 2, 3, 1).numpy())
+    posterior = "" if samples.class_prob is None else \
+        f", p({samples.label} | image) {samples.class_prob.mean():.2f} on average"
     print(f"wrote {args.n} {samples.label} image(s) to {args.out}"
-          f" (log-density {samples.log_prob[0]:.1f} .. {samples.log_prob[-1]:.1f} nats)")
+          f" (log-density {samples.log_prob[0]:.1f} .. {samples.log_prob[-1]:.1f} nats{posterior})")
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -316,6 +330,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
                           classifier_dir=classifier_dir,
                           fid_weights=args.fid_weights, fid=not args.no_fid, download=not args.no_download,
                           samples_per_class=args.samples, seed=args.seed, temperature=args.temperature,
+                          guidance=args.guidance, candidates=args.candidates,
                           classifier_epochs=args.classifier_epochs, judge=args.judge, imagenet=args.imagenet,
                           progress=not args.no_progress, device=_runtime(args))
     print(format_report(report))

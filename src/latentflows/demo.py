@@ -1,6 +1,6 @@
 """Web demo of a trained run: ``latentflows demo RUN`` (Gradio, the optional extra ``latentflows[demo]``).
 
-Two tabs. *Generate*: a class, temperature, seed and count in; a gallery out, ranked by the
+Two tabs. *Generate*: a class, temperature, seed, count and class guidance in; a gallery out, ranked by the
 flow's log-density (highest first, each caption giving the rank and the log-density in nats).
 *Interpolate*: two classes in; the linear and spherical walks through the flow's base space
 out, one row each (see ``latentflows.interpolation``).
@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 LOCALHOST = "127.0.0.1"
 TEMPERATURES = (0.1, 1.5)
+GUIDANCES = (0.0, 10.0)
 COUNTS = (1, 64)
 STEPS = (2, 16)
 SEEDS = (0, 2**32 - 1)
@@ -135,8 +136,10 @@ def _upscaled(image: torch.Tensor, size: int) -> Image.Image:
 
 
 def generate_gallery(pipeline: LatentFlowPipeline, label: str, temperature: float = 1.0, seed: int = 0,
-                     count: int = 16, display_size: int = DISPLAY_SIZE) -> list[tuple[Image.Image, str]]:
-    """``count`` images of class ``label`` as (upscaled image, caption) pairs, highest log-density first.
+                     count: int = 16, display_size: int = DISPLAY_SIZE,
+                     guidance: float = 0.0) -> list[tuple[Image.Image, str]]:
+    """``count`` images of class ``label`` as (upscaled image, caption) pairs, highest log-density first;
+    ``guidance`` is ``LatentFlowPipeline.generate``'s class guidance.
 
     Every input is checked (a bad one is a ``LatentflowsError`` saying what is allowed).
 
@@ -153,8 +156,9 @@ def generate_gallery(pipeline: LatentFlowPipeline, label: str, temperature: floa
     count = whole_number(count, "count", *COUNTS)
     seed = whole_number(seed, "seed", *SEEDS)
     temperature = real_number(temperature, "temperature", *TEMPERATURES)
+    guidance = real_number(guidance, "guidance", *GUIDANCES)
     with torch.no_grad():
-        samples = pipeline.generate(label, count, temperature, seed)
+        samples = pipeline.generate(label, count, temperature, seed, guidance)
     return [(_upscaled(image, display_size), caption(rank, value))
             for rank, (image, value) in enumerate(zip(samples.images, samples.log_prob.tolist()), start=1)]
 
@@ -181,7 +185,7 @@ def interpolation_rows(pipeline: LatentFlowPipeline, start: str, end: str, steps
 def build_demo(pipeline: LatentFlowPipeline, display_size: int = DISPLAY_SIZE) -> gradio.Blocks:
     """The Gradio app (not started): a *Generate* tab and an *Interpolate* tab over ``pipeline``.
 
-    Its API endpoints are ``/generate`` (class, temperature, seed, count -> gallery of
+    Its API endpoints are ``/generate`` (class, temperature, seed, count, guidance -> gallery of
     (image, caption)) and ``/interpolate`` (from, to, steps, seed, temperature -> linear row,
     spherical row, a note). Both share one queue slot and a lock, so one request runs at a time.
     """
@@ -190,10 +194,11 @@ def build_demo(pipeline: LatentFlowPipeline, display_size: int = DISPLAY_SIZE) -
     names = list(pipeline.class_names)
     size = getattr(pipeline.autoencoder, "image_size", None)
 
-    def generate(label: str, temperature: float, seed: float, count: float) -> list[tuple[Any, str]]:
+    def generate(label: str, temperature: float, seed: float, count: float,
+                 guidance: float = 0.0) -> list[tuple[Any, str]]:
         try:
             with lock, torch.no_grad():
-                return generate_gallery(pipeline, label, temperature, seed, count, display_size)
+                return generate_gallery(pipeline, label, temperature, seed, count, display_size, guidance)
         except LatentflowsError as error:
             raise gr.Error(str(error)) from None
 
@@ -216,11 +221,13 @@ def build_demo(pipeline: LatentFlowPipeline, display_size: int = DISPLAY_SIZE) -
                                         info="scale of the base noise: lower is safer, higher more varied")
                 seed = gr.Number(0, precision=0, minimum=SEEDS[0], maximum=SEEDS[1], label="Seed")
                 count = gr.Slider(*COUNTS, value=16, step=1, label="Count")
+                guidance = gr.Slider(*GUIDANCES, value=0.0, step=0.5, label="Class guidance",
+                                     info="keep samples the flow itself calls this class: more class, less variety")
             button = gr.Button("Generate", variant="primary", elem_id="generate")
             gallery = gr.Gallery(label="Samples, highest log-density first (#rank: log-density in nats)",
                                  columns=8, format="png", object_fit="contain", elem_id="samples",
                                  buttons=["download", "download_all", "fullscreen"])  # no "share" (to the Hub)
-            button.click(generate, [label, temperature, seed, count], gallery, api_name="generate",
+            button.click(generate, [label, temperature, seed, count, guidance], gallery, api_name="generate",
                          concurrency_id="model", concurrency_limit=1)
         with gr.Tab("Interpolate", id="interpolate-tab"):
             with gr.Row():

@@ -23,6 +23,7 @@ from .autoencoder import decode_embeddings, encode_images, is_class_conditional
 from .compat import pipeline_config_from_v1, weights_from_v1
 from .errors import LatentflowsError, ModelFileError
 from .flows import Flow
+from .guidance import check_guidance, guided_sample
 from .hub import CARD_TAGS, LIBRARY_NAME, MODEL_FILES
 from .registry import deserialize, serialize
 from .runs import RunFolder
@@ -42,6 +43,9 @@ class Samples:
         images: uint8 ``(n, 3, S, S)``.
         log_prob: log-density (nats) of each image's embedding under the flow.
         label: the class name.
+        class_prob: the flow's probability ``p(label | embedding)`` of each image (Bayes' rule
+            over its classes, equal priors, tempered as in ``latentflows.guidance``); ``None``
+            for a flow of a single class.
 
     Example:
         >>> import torch
@@ -52,6 +56,7 @@ class Samples:
     images: Tensor
     log_prob: Tensor
     label: str
+    class_prob: Tensor | None = None
 
 
 class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, tags=list(CARD_TAGS)):
@@ -153,21 +158,39 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
         raise LatentflowsError(f"unknown class {label!r}; this model knows: {', '.join(self.class_names)}")
 
     @torch.no_grad()
-    def generate(self, label: str | int, n: int = 16, temperature: float = 1.0, seed: int = 0) -> Samples:
-        """``n`` images of class ``label``, sorted by the flow's log-density (highest first)."""
+    def generate(self, label: str | int, n: int = 16, temperature: float = 1.0, seed: int = 0,
+                 guidance: float = 0.0, candidates: int = 8) -> Samples:
+        """``n`` images of class ``label``, sorted by the flow's log-density (highest first).
+
+        ``guidance`` (``gamma >= 0``) draws ``candidates`` embeddings per image and keeps ``n``
+        with probability proportional to ``p(label | z) ** gamma``, the flow's own class
+        posterior (``latentflows.guidance``), tempered by ``summary["posterior_temperature"]``
+        (fitted to the validation codes after training; 1 when absent); 0 is plain sampling.
+        """
         if n < 1:
             raise LatentflowsError(f"the number of samples must be at least 1, got {n}")
         if temperature <= 0:
             raise LatentflowsError(f"temperature must be positive, got {temperature}")
+        check_guidance(guidance, candidates)
         index = self.class_index(label)
+        classes = len(self.class_names)
         with evaluation_mode(self.flow):
-            context = self.one_hot(torch.tensor([index]))
             # drawn on the CPU, then moved: a seed gives the same images on every device
             generator = torch.Generator().manual_seed(seed)
-            embeddings, log_prob = self.flow.sample_and_log_prob(n, context, temperature, generator)
+            if classes > 1:
+                embeddings, log_prob, class_prob = guided_sample(
+                    self.flow, n, index, classes, guidance, candidates, temperature, generator,
+                    float(self.summary.get("posterior_temperature", 1.0)))
+            elif guidance > 0:
+                raise LatentflowsError("guidance needs a model of at least 2 classes; this one has one")
+            else:
+                embeddings, log_prob = self.flow.sample_and_log_prob(n, self.one_hot(torch.tensor([index])),
+                                                                     temperature, generator)
+                class_prob = None
         order = torch.argsort(log_prob, descending=True)
-        return Samples(self.decode(embeddings[order], context.expand(n, -1)), log_prob[order].cpu(),
-                       self.class_names[index])
+        context = self.one_hot(torch.tensor([index])).expand(n, -1)
+        return Samples(self.decode(embeddings[order], context), log_prob[order].cpu(), self.class_names[index],
+                       None if class_prob is None else class_prob[order].cpu())
 
     @torch.no_grad()
     def log_prob(self, images: Tensor, labels: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ from torch import nn
 from .._version import __version__
 from ..data import ImageDataset
 from ..errors import LatentflowsError, ModelFileError
+from ..guidance import check_guidance
 from ..pipeline import LatentFlowPipeline
 from ..runtime import Runtime, as_runtime
 from ..storage import read_json
@@ -61,6 +62,7 @@ def image_features(extractor: Callable[[torch.Tensor], torch.Tensor], images: to
 
 def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: ImageDataset, *,
              samples_per_class: int | None = None, seed: int = 0, temperature: float = 1.0,
+             guidance: float = 0.0, candidates: int = 8,
              feature_extractor: Callable[[torch.Tensor], torch.Tensor] | None = None,
              no_features_reason: str = "no feature extractor given",
              classifier: ImageClassifier | None = None, classifier_epochs: int = 12,
@@ -86,6 +88,7 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
         samples_per_class: images generated per class; default the validation count of each class.
         seed: seeds the samples (class ``c`` uses ``seed + c``) and KID's subsets.
         temperature: the flow's sampling temperature.
+        guidance, candidates: class guidance of the samples (``LatentFlowPipeline.generate``).
         feature_extractor: the FID network (e.g. ``FIDInceptionV3``), or None.
         no_features_reason: why FID/KID are unavailable when there is no extractor.
         classifier: a trained judge (``ImageClassifier``); None trains one on ``train_set``.
@@ -116,7 +119,8 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
     names = pipeline.class_names
     val_counts = [int((val_set.labels == c).sum()) for c in range(len(names))]
     report: dict = {"format": EVAL_FORMAT, "format_version": 1, "latentflows_version": __version__,
-                    "settings": {"seed": seed, "temperature": temperature, "samples_per_class": samples_per_class,
+                    "settings": {"seed": seed, "temperature": temperature, "guidance": guidance,
+                                 "candidates": candidates, "samples_per_class": samples_per_class,
                                  "train_images": len(train_set), "val_images": len(val_set),
                                  "device": str(device), "decode_precision": pipeline.decode_precision,
                                  "judge_precision": runtime.precision}}
@@ -156,7 +160,7 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
     for c, name in enumerate(names):
         n = samples_per_class or val_counts[c]
         if n:
-            samples[name] = pipeline.generate(name, n, temperature, seed=seed + c).images
+            samples[name] = pipeline.generate(name, n, temperature, seed + c, guidance, candidates).images
     report["settings"]["generated_per_class"] = {name: len(images) for name, images in samples.items()}
 
     if feature_extractor is None:
@@ -427,7 +431,8 @@ def compare(reports: list[dict], names: list[str]) -> str:
 def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | Path | None = None,
                  overwrite: bool = False, fid_weights: str | Path | None = None, fid: bool = True,
                  download: bool = True, samples_per_class: int | None = None, seed: int = 0,
-                 temperature: float = 1.0, classifier_epochs: int = 12, judge: str | Path | None = None,
+                 temperature: float = 1.0, guidance: float = 0.0, candidates: int = 8,
+                 classifier_epochs: int = 12, judge: str | Path | None = None,
                  imagenet: Sequence[int] = (0, 2), progress: bool = True,
                  device: str | torch.device | Runtime = "auto", classifier_dir: str | Path | None = None,
                  precision: str = "auto") -> dict:
@@ -451,6 +456,8 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
         samples_per_class: images generated per class; default the validation count of each class.
         seed: seeds the samples and KID's subsets.
         temperature: the flow's sampling temperature.
+        guidance: class guidance strength of the samples (0: plain sampling; ``latentflows.guidance``).
+        candidates: with guidance, embeddings drawn per sample kept.
         classifier_epochs: epochs of the judge's training, when it is trained here.
         judge: another run's classifier folder to judge by.
         imagenet: the EfficientNet-Lite variants to measure with.
@@ -473,6 +480,7 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
     from ..storage import write_json
     from .inception import load_inception
 
+    check_guidance(guidance, candidates)  # before the slow steps
     runtime = as_runtime(device, precision)
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "eval.json"
@@ -506,7 +514,8 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
                                      f"classes; remove it and evaluate again to train a new one")
             classifier.to(runtime.device)
         report, artefacts = evaluate(pipeline, train_set, val_set, samples_per_class=samples_per_class, seed=seed,
-                                     temperature=temperature, feature_extractor=extractor, no_features_reason=fid_source,
+                                     temperature=temperature, guidance=guidance, candidates=candidates,
+                                     feature_extractor=extractor, no_features_reason=fid_source,
                                      classifier=classifier, classifier_epochs=classifier_epochs, yardsticks=yardsticks,
                                      no_yardstick_reason=yardstick_reason, progress=progress, runtime=runtime)
         if classifier is None:

@@ -14,12 +14,14 @@ from typing import Any
 
 import torch
 
+from ..autoencoder import encode_images
 from ..config import RunConfig
 from ..data import ImageDataset
 from ..errors import LatentflowsError
+from ..guidance import fit_posterior_temperature
 from ..pipeline import LatentFlowPipeline
 from ..runs import RunFolder, run_split
-from ..runtime import Runtime, as_runtime
+from ..runtime import Runtime, as_runtime, evaluation_mode
 from .callbacks import Checkpoint, EarlyStopping, JsonlLogger, read_checkpoint
 from .stages import StageContext
 from .tensorboard import IMAGES_EVERY, TensorBoardLogger, summary_writer
@@ -144,6 +146,11 @@ def _train_stages(dataset: ImageDataset, config: RunConfig, run: RunFolder | Non
                 context.summary[f"{name}_best_epoch"] = callback.best_epoch
     context.summary["train_seconds"] = round(time.perf_counter() - started, 1)
     context.summary["precision"] = runtime.precision  # what the autoencoder was trained in (the flow: fp32)
+    if len(dataset.class_names) > 1 and len(val_set):  # calibrates class guidance (latentflows.guidance)
+        with evaluation_mode(context.models["flow"]):
+            context.summary["posterior_temperature"] = fit_posterior_temperature(
+                context.models["flow"], encode_images(context.models["autoencoder"], val_set.images),
+                val_set.labels.to(runtime.device), len(dataset.class_names))
     pipeline = LatentFlowPipeline(context.models["autoencoder"], context.models["flow"], dataset.class_names,
                                   config.as_dict(), context.summary, precision=runtime.precision).eval()
     runtime.barrier()  # every process is done with the checkpoints
