@@ -214,9 +214,13 @@ def positive_float(text: Any) -> float:
 
 
 def non_negative_float(text: Any) -> float:
-    if str(text).strip() in ("0", "0.0"):
-        return 0.0
-    return positive_float(text)
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"not a number: {text!r}") from None
+    if not value >= 0 or not math.isfinite(value):
+        raise ValueError(f"must be a finite number >= 0, got {text!r}")
+    return value
 
 
 def fraction(text: Any) -> float:
@@ -334,6 +338,24 @@ class Option:
         return self.convert(value) if self.convert else value
 
 
+# --flow NAME: the whole flow model (later flow options such as --couplings then change it)
+FLOWS = {
+    "realnvp": {"class": "ConditionalRealNVP", "config": {
+        "couplings": 12, "mask": "alternate", "permute": True, "batch_norm": True,
+        "bijection": {"class": "TanhAffine", "config": {}},
+        "conditioner": {"class": "CouplingNet", "config": {"hidden": [256, 256], "shared": True,
+                                                            "activation": "relu", "residual": False}},
+        "standardize": True, "class_whitening": True}},
+    "spatial": {"class": "SpatialRealNVP", "config": {"couplings": 8, "hidden": 32, "blocks": 1,
+                                                      "standardize": True}},
+}
+
+
+def flow_spec(name: str) -> dict:
+    """A ``--flow`` name -> a copy of its model spec (see ``FLOWS``)."""
+    return copy.deepcopy(FLOWS[name])
+
+
 OPTIONS: dict[str, Option] = {
     "seed": Option("seed", integer, "random seed: same seed, same weights and samples on CPU"),
     "val-fraction": Option("val_fraction", fraction, "share of each class held out for validation"),
@@ -353,6 +375,11 @@ OPTIONS: dict[str, Option] = {
     "flip": Option(f"{AE}.flip", on_off, "mirror a random half of each autoencoder batch (on/off)"),
     "latent-noise": Option(f"{AE}.latent_noise", non_negative_float,
                            "noise on the codes the decoder sees while training, in units of each code's spread"),
+    "flow": Option(f"{FLOW}.model", choice(*FLOWS),
+                   "the flow: realnvp (MLP couplings on the flat code, after one Gaussian per class; quick's) or "
+                   "spatial (SpatialRealNVP: convolutional checkerboard/channel couplings on the 8x8 code grid; "
+                   "its options are set with --couplings or --set stages.flow.config.model.config.hidden=N)",
+                   flow_spec),
     "couplings": Option(f"{FLOW_MODEL}.couplings", positive_int, "number of coupling layers"),
     "hidden": Option(f"{CONDITIONER}.hidden", sizes, "hidden sizes of each coupling network, e.g. 256,256"),
     "batch-norm": Option(f"{FLOW_MODEL}.batch_norm", on_off, "invertible batch norm after each coupling (on/off)"),

@@ -3,7 +3,7 @@
 Where each kind of component goes: element-wise maps in ``bijections``, networks that
 parametrize them in ``conditioners``, layers in their own modules (``coupling``,
 ``permutation``, ``batchnorm``, ``linear``, ``standardize``), base distributions in ``distributions``,
-and assembled flows in ``flow`` / ``realnvp``.
+and assembled flows in ``flow`` / ``realnvp`` / ``spatial`` (for latents on a grid).
 """
 
 from .base import Composite, Transform, check_features
@@ -13,10 +13,11 @@ from .checks import jacobian_logabsdet
 from .conditioners import MLP, CouplingNet
 from .coupling import Coupling, coupling_mask
 from .distributions import BaseDistribution, FlowDistribution, StandardNormal
-from .flow import Flow
+from .flow import Flow, StandardizedFlow
 from .linear import ActNorm, ContextAffine, LULinear
 from .permutation import RandomPermutation
 from .realnvp import ConditionalRealNVP
+from .spatial import ConvConditioner, SpatialRealNVP, spatial_mask
 from .spline import RationalQuadraticSpline
 from .standardize import ClassWhitening, Standardize, fit_leading_layers
 
@@ -25,5 +26,6 @@ __all__ = [
     "ElementwiseBijection", "TanhAffine", "SoftplusAffine", "Additive", "MLP", "CouplingNet", "Coupling",
     "coupling_mask", "BaseDistribution", "StandardNormal", "FlowDistribution", "Flow", "RandomPermutation",
     "ConditionalRealNVP", "Standardize", "jacobian_logabsdet", "RationalQuadraticSpline", "ActNorm", "LULinear",
-    "ContextAffine", "ClassWhitening", "fit_leading_layers",
+    "ContextAffine", "ClassWhitening", "fit_leading_layers", "StandardizedFlow", "SpatialRealNVP",
+    "ConvConditioner", "spatial_mask",
 ]

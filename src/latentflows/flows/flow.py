@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import Configurable, deserialize, register, serialize
-from .base import Transform
+from .base import Composite, Transform
 from .distributions import BaseDistribution, FlowDistribution
 
 
@@ -101,3 +101,31 @@ class Flow(nn.Module, Configurable):
     def from_config(cls, config: dict[str, Any]) -> "Flow":
         return cls(deserialize(config["transform"], Transform), deserialize(config["base"], BaseDistribution),
                    config.get("context_size", 0))
+
+
+class StandardizedFlow(Flow):
+    """A flow whose first layer is, when ``standardize`` is set, a fixed ``Standardize`` head.
+
+    What the flow stage needs of a flow it trains (see ``docs/architecture.md``): ``head``
+    standardizes every embedding once before training, and each step runs only ``body``.
+    Subclasses set ``standardize`` and put the ``Standardize`` layer first when it is True.
+
+    Example:
+        >>> import torch
+        >>> from latentflows.flows import ConditionalRealNVP
+        >>> flow = ConditionalRealNVP(4, couplings=1, hidden=[8], standardize=True)
+        >>> type(flow.head).__name__, len(flow.body.transforms) == len(flow.transform.transforms) - 1
+        ('Standardize', True)
+    """
+
+    standardize: bool = False
+
+    @property
+    def head(self) -> Transform | None:
+        """The fixed standardization at the head, if any."""
+        return self.transform.transforms[0] if self.standardize else None
+
+    @property
+    def body(self) -> Transform:
+        """The trainable layers after the head (shares their parameters)."""
+        return Composite(list(self.transform.transforms)[1:]) if self.standardize else self.transform

@@ -17,7 +17,7 @@ from .base import Composite, Transform
 from .batchnorm import InvertibleBatchNorm
 from .coupling import DEFAULT_CONDITIONER, Coupling
 from .distributions import StandardNormal
-from .flow import Flow
+from .flow import StandardizedFlow
 from .linear import ActNorm, ContextAffine, LULinear
 from .permutation import RandomPermutation
 from .standardize import ClassWhitening, Standardize
@@ -41,7 +41,7 @@ def _layer_kind(name: str, value: str | None, switch: bool, switch_name: str, ch
 
 
 @register
-class ConditionalRealNVP(Flow):
+class ConditionalRealNVP(StandardizedFlow):
     """RealNVP with a context (e.g. a one-hot class) fed to every coupling's conditioner.
 
     Args:
@@ -132,16 +132,6 @@ class ConditionalRealNVP(Flow):
         self.seed, self.standardize, self.mixing, self.normalization = seed, standardize, mixing, normalization
         self.class_affine, self.class_whitening = class_affine, class_whitening
         self.bijection_spec, self.conditioner_spec = first.get_config()["bijection"], first.get_config()["conditioner"]
-
-    @property
-    def head(self) -> Standardize | None:
-        """The fixed standardization at the head, if any."""
-        return self.transform.transforms[0] if self.standardize else None
-
-    @property
-    def body(self) -> Composite:
-        """The trainable layers after the head (shares their parameters)."""
-        return Composite(list(self.transform.transforms)[1:]) if self.standardize else self.transform
 
     def get_config(self) -> dict[str, Any]:
         config = {"features": self.features, "context_size": self.context_size, "couplings": self.couplings,
