@@ -297,7 +297,7 @@ def evaluate_a_generator_that_returns(images_of, pipeline, train_set, val_set, m
     """Evaluate ``pipeline`` with its generator replaced by real images (``images_of(class)``)."""
     from latentflows.pipeline import Samples
 
-    def generate(label, n=16, temperature=1.0, seed=0):
+    def generate(label, n=16, temperature=1.0, seed=0, guidance=0.0, candidates=8):
         images = images_of(pipeline.class_index(label))[:n]
         return Samples(images, torch.zeros(len(images)), label)
 
