@@ -6,18 +6,22 @@ from tolerance import jacobian_bound, round_trip_bounds
 
 from latentflows.errors import UnknownComponentError
 from latentflows.flows import (
+    ActNorm,
     Composite,
     ConditionalRealNVP,
     Coupling,
+    Flow,
     FlowDistribution,
     InvertibleBatchNorm,
     RandomPermutation,
     Standardize,
+    StandardNormal,
     coupling_mask,
     held_batch_statistics,
     jacobian_logabsdet,
 )
 from latentflows.registry import deserialize, serialize
+from latentflows.training.stages import fixed_head
 
 D, C, B = 6, 3, 7
 
@@ -165,6 +169,34 @@ def test_standardize_head_gives_the_density_of_the_raw_data():
     x = torch.randn(B, D, dtype=torch.float64)
     expected = plain.log_prob((x - mean) / std, one_hot(B).double()) - std.log().sum()
     assert torch.allclose(headed.log_prob(x, one_hot(B).double()), expected)
+
+
+def test_head_then_body_is_the_whole_transform_and_a_plain_flow_has_no_head():
+    flow = randomize(ConditionalRealNVP(D, C, couplings=2, hidden=[8], standardize=True,
+                                        mean=torch.randn(D), std=torch.rand(D) + 0.5)).double().eval()
+    x, context = torch.randn(B, D, dtype=torch.float64), one_hot(B).double()
+    h, head_logabsdet = flow.head(x, context)
+    z, body_logabsdet = flow.body(h, context)
+    expected_z, expected_logabsdet = flow.transform(x, context)
+    assert torch.allclose(z, expected_z) and torch.allclose(head_logabsdet + body_logabsdet, expected_logabsdet)
+    plain = Flow(RandomPermutation(D), StandardNormal(D))
+    assert plain.head is None and plain.body is plain.transform and fixed_head(plain) is None
+
+
+class _TrainableHead(Flow):
+    @property
+    def head(self):
+        return self.transform.transforms[0]
+
+
+def test_a_head_the_flow_stage_cannot_hold_fixed_is_refused():
+    trainable = _TrainableHead(Composite([ActNorm(D), RandomPermutation(D)]), StandardNormal(D))
+    with pytest.raises(TypeError, match=r"_TrainableHead.head has trainable parameters \(.*\).*move them into body"):
+        fixed_head(trainable)
+    not_a_transform = _TrainableHead(Composite([RandomPermutation(D)]), StandardNormal(D))
+    not_a_transform.transform.transforms[0] = torch.nn.Identity()
+    with pytest.raises(TypeError, match="head must be a flows.Transform or None, got Identity"):
+        fixed_head(not_a_transform)
 
 
 def test_batchnorm_training_uses_batch_stats_and_updates_running_averages():

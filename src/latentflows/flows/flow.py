@@ -46,6 +46,17 @@ class Flow(nn.Module, Configurable):
     def features(self) -> int:
         return self.base.features
 
+    @property
+    def head(self) -> Transform | None:
+        """A fixed leading layer the flow stage applies once to every embedding before training
+        (None: no such layer). ``StandardizedFlow`` puts its ``Standardize`` layer here."""
+        return None
+
+    @property
+    def body(self) -> Transform:
+        """The layers each training step runs: ``transform`` without ``head`` (sharing its parameters)."""
+        return self.transform
+
     def forward(self, context: Tensor | None = None, temperature: float = 1.0) -> FlowDistribution:
         """The distribution of the data given ``context`` (one vector, or a batch of them)."""
         return FlowDistribution(self.transform, self.base, self._check_context(context), temperature)
@@ -106,9 +117,9 @@ class Flow(nn.Module, Configurable):
 class StandardizedFlow(Flow):
     """A flow whose first layer is, when ``standardize`` is set, a fixed ``Standardize`` head.
 
-    What the flow stage needs of a flow it trains (see ``docs/architecture.md``): ``head``
-    standardizes every embedding once before training, and each step runs only ``body``.
-    Subclasses set ``standardize`` and put the ``Standardize`` layer first when it is True.
+    The flow stage's contract (``Flow.head`` / ``Flow.body``, see ``docs/architecture.md``):
+    ``head`` standardizes every embedding once before training, and each step runs only
+    ``body``. Subclasses set ``standardize`` and put the ``Standardize`` layer first when it is True.
 
     Example:
         >>> import torch

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..autoencoder import class_context, encode_images, to_signed_unit
 from ..data import ImageDataset
-from ..flows import Flow, Standardize, fit_leading_layers
+from ..flows import Flow, Standardize, Transform, fit_leading_layers
 from ..layers import GaussianNoise
 from ..losses import to_bits_per_dim
 from ..registry import Configurable, build, register
@@ -272,7 +272,7 @@ class FlowTraining(nn.Module):
     log-determinant back, so ``log_prob`` is the flow's density of the raw embeddings.
 
     Args:
-        flow: the flow (with ``base`` and, if it has a head, ``body``).
+        flow: the flow; each step runs its ``body`` and its ``base``.
         noise_std: std of the training noise, in standardized units.
         objective: its objective; called with ``log_prob``, ``z`` and ``context``.
         head_logabsdet: the head's constant log-determinant.
@@ -289,16 +289,36 @@ class FlowTraining(nn.Module):
     def __init__(self, flow: Flow, noise_std: float, objective: Objective, head_logabsdet: Tensor):
         super().__init__()
         self.flow, self.noise, self.objective = flow, GaussianNoise(noise_std), objective
-        # not registered as a submodule: its layers are the flow's (no duplicate weights)
-        object.__setattr__(self, "body", flow.body if hasattr(flow, "body") else flow.transform)
         self.register_buffer("head_logabsdet", head_logabsdet, persistent=False)
 
     def forward(self, standardized: Tensor, context: Tensor) -> dict[str, Tensor]:
-        z, logabsdet = self.body(self.noise(standardized), context)
+        z, logabsdet = self.flow.body(self.noise(standardized), context)
         log_prob = self.flow.base.log_prob(z) + logabsdet + self.head_logabsdet
         losses = self.objective({"log_prob": log_prob, "z": z, "context": context})
         losses["bits_per_dim"] = to_bits_per_dim(losses["loss"].detach(), z.shape[1])
         return losses
+
+
+def fixed_head(flow: Flow) -> Transform | None:
+    """The flow's ``head``, checked against the flow stage's contract: a ``Transform`` with no
+    trainable parameter (it is applied once, before training), or None.
+
+    Example:
+        >>> from latentflows.flows import ConditionalRealNVP
+        >>> type(fixed_head(ConditionalRealNVP(4, couplings=1, hidden=[8], standardize=True))).__name__
+        'Standardize'
+    """
+    head = flow.head
+    if head is None:
+        return None
+    if not isinstance(head, Transform):
+        raise TypeError(f"{type(flow).__name__}.head must be a flows.Transform or None, got {type(head).__name__}; "
+                        "see the flow stage's contract in docs/architecture.md")
+    trainable = [name for name, p in head.named_parameters() if p.requires_grad]
+    if trainable:
+        raise TypeError(f"{type(flow).__name__}.head has trainable parameters ({', '.join(trainable)}); the flow "
+                        "stage applies the head once before training, so it must be fixed: move them into body")
+    return head
 
 
 @register
@@ -354,12 +374,12 @@ class FlowStage(Stage):
         flow = self.build_flow(raw_train.shape[1], len(context.class_names), context.seed,
                                statistics.mean, statistics.std).to(context.runtime.device)
         # a flow without a head: the identity
-        head = getattr(flow, "head", None) or Standardize(raw_train.shape[1]).to(raw_train.device)
+        head = fixed_head(flow) or Standardize(raw_train.shape[1]).to(raw_train.device)
         with torch.no_grad():
             train_x, head_logabsdet = head(raw_train)
             val_x, _ = head(raw_val)
         train_context = context.one_hot(context.train_set.labels)
-        fit_leading_layers(getattr(flow, "body", flow.transform), train_x, train_context)
+        fit_leading_layers(flow.body, train_x, train_context)
         objective = self.objective().to(context.runtime.device)
         model = FlowTraining(flow, self.noise, objective, head_logabsdet[0])
         updates = self.updates(flow, objective)
