@@ -249,3 +249,29 @@ def test_a_pipeline_decodes_in_its_precision_and_refuses_an_unknown_one():
         assert reconstructions.dtype == torch.uint8
     with pytest.raises(lf.LatentflowsError, match="unknown precision 'fp8'; use one of auto, fp32, bf16, fp16"):
         pipeline.precision = "fp8"
+
+
+# ------------------------------------------------------------------ the one private PyTorch protocol the trainer uses
+
+
+@pytest.mark.parametrize("make", [
+    lambda w: torch.optim.Adam(w, lr=0.1, fused=True),
+    lambda w: torch.optim.AdamW(w, lr=0.1, fused=True),
+    lambda w: torch.optim.SGD(w, lr=0.1, momentum=0.9, fused=True),
+])
+def test_the_installed_torch_still_skips_fused_steps_on_a_device_flag(make):
+    """training/skipping.py relies on GradScaler's private protocol; if torch changes it, this fails."""
+    from latentflows.training.skipping import skips_on_device, step_unless
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = make([weight])
+    assert skips_on_device(optimizer), "fused optimizers no longer advertise _step_supports_amp_scaling"
+    weight.grad = torch.full((3,), 2.0)
+    step_unless(optimizer, torch.tensor(False))
+    after_one, state = weight.detach().clone(), {k: v.clone() for k, v in optimizer.state[weight].items()}
+    assert not torch.equal(after_one, torch.ones(3))
+    step_unless(optimizer, torch.tensor(True))  # skipped: weights and optimizer state unchanged
+    assert torch.equal(weight.detach(), after_one)
+    assert all(torch.equal(optimizer.state[weight][k], v) for k, v in state.items())
+    assert not hasattr(optimizer, "found_inf") and not hasattr(optimizer, "grad_scale")
+    assert not skips_on_device(torch.optim.Adam([weight], foreach=False)) and not skips_on_device(torch.optim.LBFGS([weight]))

@@ -31,6 +31,7 @@ from ..layers import apply_constraints, pop_auxiliary_losses, regularization_los
 from ..metrics import MeanMetric
 from ..runtime import Runtime
 from .callbacks import Callback, EpochRecord, unprefix
+from .skipping import poison_gradients, skips_on_device, step_unless
 
 LossFn = Callable[[nn.Module, tuple[Tensor, ...]], dict[str, Tensor]]
 
@@ -346,7 +347,7 @@ class Trainer:
         self._nonfinite_run = torch.where(finite, 0, self._nonfinite_run + 1)
         self._skipped = self._skipped + (~finite).long()
         self.last_step_finite = finite
-        on_device = self.scaler is not None or all(_skips_on_device(u.optimizer) for u in active)
+        on_device = self.scaler is not None or all(skips_on_device(u.optimizer) for u in active)
         if on_device and not (self.metrics and metric_inputs is not None):
             self._apply(active, finite)
         elif bool(finite):  # an optimizer without a device-side skip (or metrics to guard): one host sync
@@ -362,12 +363,8 @@ class Trainer:
     def _apply(self, active: list[Update], finite: Tensor | None) -> None:
         """Clip and step each update; ``finite`` (a device flag) makes the steps no-ops when false."""
         if finite is not None and self.scaler is not None:
-            # the scaler skips a step whose gradients are not finite: make them so when a loss is not
-            poison = torch.where(finite, 1.0, float("inf"))
             for update in active:
-                grads = [p.grad for p in update.parameters if p.grad is not None]
-                if grads:
-                    torch._foreach_mul_(grads, poison)
+                poison_gradients(update.parameters, finite)
         for update in active:
             self.runtime.sync_gradients(update.parameters)
             if self.grad_clip:
@@ -379,7 +376,7 @@ class Trainer:
             elif finite is None:
                 update.optimizer.step()
             else:
-                _step_unless(update.optimizer, ~finite)
+                step_unless(update.optimizer, ~finite)
         if self.scaler is not None:
             self.scaler.update()
         apply_constraints(self.model)
@@ -542,20 +539,6 @@ class Trainer:
             if counted is not None:
                 value = torch.where(counted, value, 0.0)
             means[name].update(value, weight)
-
-
-def _skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether ``step`` takes a ``found_inf`` flag (fused Adam, AdamW, SGD; what GradScaler uses)."""
-    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
-
-
-def _step_unless(optimizer: torch.optim.Optimizer, skip: Tensor) -> None:
-    """``optimizer.step()``, a no-op where the device flag ``skip`` is true, without reading it back."""
-    optimizer.grad_scale, optimizer.found_inf = None, skip.float()
-    try:
-        optimizer.step()
-    finally:
-        del optimizer.grad_scale, optimizer.found_inf
 
 
 def _device_of(model: nn.Module) -> torch.device:
