@@ -37,6 +37,9 @@ def layers(context_size):
     yield "spatial-realnvp", randomize(SpatialRealNVP(D, context_size, couplings=4, latent_shape=[2, 1, 3],
                                                       hidden=4, standardize=True, mean=torch.randn(D),
                                                       std=torch.rand(D) + 0.5), std=0.2).transform
+    yield "spatial-realnvp-classnorm", randomize(SpatialRealNVP(D, context_size, couplings=2, latent_shape=[2, 1, 3],
+                                                                hidden=4, normalization="classnorm"),
+                                                 std=0.2).transform
     yield "spatial-realnvp-batchnorm", randomize(SpatialRealNVP(D, context_size, couplings=2, latent_shape=[1, 2, 3],
                                                                 hidden=4, normalization="batchnorm"),
                                                  std=0.2).transform
@@ -113,6 +116,18 @@ def test_config_round_trip_rebuilds_an_equal_flow():
     again.load_state_dict(flow.state_dict())
     x, context = torch.randn(5, 64), one_hot(5, 2)
     assert torch.equal(flow.eval().log_prob(x, context), again.eval().log_prob(x, context))
+
+
+def test_classnorm_puts_a_per_class_affine_after_every_coupling():
+    def kinds(flow):
+        return [type(layer).__name__ for layer in flow.transform.transforms]
+
+    conditional = SpatialRealNVP(D, C, couplings=3, latent_shape=[2, 1, 3], hidden=4, normalization="classnorm")
+    assert kinds(conditional) == ["ContextAffine"] + ["Coupling", "ContextAffine"] * 3
+    unconditional = SpatialRealNVP(D, 0, couplings=2, latent_shape=[2, 1, 3], hidden=4, normalization="classnorm")
+    assert kinds(unconditional) == ["Coupling", "ActNorm"] * 2  # no class to condition on: plain ActNorm
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        SpatialRealNVP(D, C, couplings=2, latent_shape=[2, 1, 3], normalization="layernorm")
 
 
 def test_a_spatial_flow_trains_saves_and_samples_end_to_end(small_pets, tiny_config, tmp_path):

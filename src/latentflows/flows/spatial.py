@@ -28,7 +28,7 @@ from .linear import ActNorm, ContextAffine
 from .standardize import Standardize
 
 SPATIAL_MASKS = ("checkerboard", "channel")
-SPATIAL_NORMALIZATIONS = ("actnorm", "batchnorm", "none")
+SPATIAL_NORMALIZATIONS = ("actnorm", "classnorm", "batchnorm", "none")
 
 
 def spatial_mask(shape: Sequence[int], kind: str, flip: bool = False) -> list[bool]:
@@ -166,7 +166,9 @@ class SpatialRealNVP(StandardizedFlow):
         hidden: channels of each conditioner's convolutions.
         blocks: residual blocks per conditioner.
         bijection: spec of each coupling's element-wise bijection (default ``TanhAffine``).
-        normalization: ``"actnorm"`` (default), ``"batchnorm"`` or ``"none"`` after each coupling.
+        normalization: after each coupling, ``"actnorm"`` (default); ``"classnorm"``, a
+            ``ContextAffine`` (ActNorm with a shift and scale per class, so the class moves every
+            sample at every depth, not only through the conditioners); ``"batchnorm"``; or ``"none"``.
         class_affine: begin (after the standardization) with a ``ContextAffine`` layer: a mean
             and scale per class and feature, which keeps the grid's layout.
         seed: unused (no random layers); accepted as every flow is built with it.
@@ -207,8 +209,10 @@ class SpatialRealNVP(StandardizedFlow):
                            "config": {"shape": list(shape), "mask": kind, "flip": flip, "hidden": hidden,
                                       "blocks": blocks}}
             layers.append(Coupling(features, spatial_mask(shape, kind, flip), bijection, conditioner, context_size))
-            if normalization == "actnorm":
+            if normalization == "actnorm" or (normalization == "classnorm" and not context_size):
                 layers.append(ActNorm(features))
+            elif normalization == "classnorm":
+                layers.append(ContextAffine(features, context_size))
             elif normalization == "batchnorm":
                 layers.append(InvertibleBatchNorm(features))
         super().__init__(Composite(layers), StandardNormal(features), context_size)
