@@ -1,6 +1,6 @@
 """DCGAN-style convolutional autoencoder: images (3, S, S) in [-1, 1] <-> embeddings.
 
-The default is the seed notebook's network: five stride-2 conv blocks (batch norm,
+The default (``ConvAutoencoder``, the ``seed`` preset's) is a DCGAN-style network: five stride-2 conv blocks (batch norm,
 LeakyReLU 0.2) with widths w, 2w, 4w, 8w, 8w; a fully connected bottleneck with dropout;
 a mirrored transposed-conv decoder with ReLU and a tanh output; N(0, 0.02) weight init.
 ``width`` scales every conv layer (compute grows with its square). ``SpatialAutoencoder``
@@ -51,7 +51,7 @@ def _up(c_in: int, c_out: int) -> list[nn.Module]:
 
 @register
 class ConvAutoencoder(nn.Module, Configurable):
-    """The seed notebook's DCGAN-style autoencoder: images in [-1, 1] <-> embedding vectors.
+    """A DCGAN-style autoencoder (the ``seed`` preset's): images in [-1, 1] <-> embedding vectors.
 
     Args:
         embedding_dim: size of the embedding.
@@ -78,7 +78,7 @@ class ConvAutoencoder(nn.Module, Configurable):
     Compute grows with the pixel count (x4 per doubling of the side); at 256 pixels the two
     dense layers hold 83% of the weights (32768 x 1024 each way: with their gradients and
     Adam's state, about 1 GB in fp32): it trains, but for large images ``SpatialAutoencoder`` is far
-    lighter. The 64-pixel network is exactly the seed notebook's.
+    lighter. The 64-pixel network is exactly the reference notebook's that the ``seed`` preset reproduces.
 
     References:
         Radford, Metz, Chintala, "Unsupervised Representation Learning with Deep Convolutional
@@ -226,13 +226,13 @@ LATENT_SIDE = 8  # SpatialAutoencoder's latent side with downsample="auto", what
 class SpatialAutoencoder(nn.Module, Configurable):
     """A convolutional autoencoder whose embedding is a small image: (C, S/f, S/f) flattened.
 
-    Where the seed's fully connected bottleneck has to squeeze the whole picture through
+    Where ``ConvAutoencoder``'s fully connected bottleneck has to squeeze the whole picture through
     one dense layer (layout and colour are the first to go), a spatial latent keeps each
     region of the image in its own few numbers: 256 numbers as 8x8 positions x 4 channels.
     The encoder halves the resolution ``log2(f)`` times with strided 4x4 convolutions; the
     decoder doubles it with nearest-neighbour resizing then a 3x3 convolution (no
     checkerboard artefacts). Residual blocks run at the latent's resolution only, where
-    they are cheap: the whole network costs about what the seed's does at the same width.
+    they are cheap: the whole network costs about what ``ConvAutoencoder`` does at the same width.
 
     Args:
         embedding_dim: numbers per image; ``channels = embedding_dim / (S/f)^2`` must be whole.

@@ -166,8 +166,9 @@ def linear_probe(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor,
     ``train_x`` (standardized with its statistics, classes weighted by their frequency),
     scored on ``val_x`` by accuracy and balanced accuracy (mean recall over classes).
 
-    Set beside the judge's accuracy on reconstructions, it shows where class is lost:
-    in the encoder (a low probe) or in the decoder (a high probe, a low judge).
+    Set beside a classifier's accuracy on the reconstructions (``evaluate``'s judge), it shows
+    where class is lost: in the encoder (a low probe) or in the decoder (a high probe, a low
+    accuracy on reconstructions).
 
     Args:
         train_x, train_y: training features ``(N, D)`` and integer labels.

@@ -69,8 +69,8 @@ class Affine(ElementwiseBijection):
 class TanhAffine(Affine):
     """``y = x * exp(tanh(a)) + b``: an affine map whose log-scale is bounded to (-1, 1).
 
-    Bounding each layer's log-scale keeps a deep stack numerically tame (the seed notebook's
-    choice). Parameters per feature: ``a`` (raw log-scale) and ``b`` (shift).
+    Bounding each layer's log-scale keeps a deep stack numerically tame (the ``seed``
+    preset's choice). Parameters per feature: ``a`` (raw log-scale) and ``b`` (shift).
 
     References:
         Dinh, Sohl-Dickstein, Bengio, "Density estimation using Real NVP", ICLR 2017,

@@ -1,4 +1,4 @@
-"""Conditional RealNVP, assembled as in the seed notebook, over a standard normal base.
+"""Conditional RealNVP (Dinh et al., arXiv:1605.08803) on embedding vectors, over a standard normal base.
 
 An optional fixed standardization comes first; then each block is a coupling, then a
 mixing layer (a random permutation, or a learned ``LULinear``; without one, the next

@@ -96,7 +96,7 @@ class TensorBoardLogger(Callback):
         completed: continue the event files of an interrupted run whose stages' checkpoints
             cover these epochs (``RunFolder.completed_epochs``): what it wrote after the last
             checkpoint is purged (``purge_step``), epochs before it are not written again
-            (an earlier session that did not log leaves them out), and the hyperparameters
+            (an earlier process of the run that did not log leaves them out), and the hyperparameters
             are not repeated.
 
     Example:
