@@ -12,7 +12,7 @@ finds it as it would a decoded source. Then, in a fresh process per size and fee
 the peak resident memory, ``ru_maxrss``, is that feed's alone), the feed is what training
 does before its first step and during it: ``load_images``, the run's stratified split (10 %
 validation), and shuffled batches of 64 cut from the training set by
-``latentflows.training.Batches``, read ahead by ``latentflows.data.prefetch``. Each batch is
+``latentflows.data.Batches``, read ahead by ``latentflows.data.prefetch``. Each batch is
 only summed, so the rate is the feed's own, not a model's.
 
 Feeds:
@@ -77,20 +77,21 @@ def build_entry(workdir: Path, cache: Path, pets, repeat: int) -> tuple[Path, Pa
     import numpy as np
     import pyarrow.parquet as pq
 
-    from latentflows import data
+    from latentflows.data import cache as decode_cache
+    from latentflows.data import sources
 
     source = workdir / f"pets-x{repeat}.parquet"
-    pq.write_table(pq.read_table(data.embedded_files()[0]).slice(0, 1), source)  # any small parquet file
-    kind, files, name = data._resolve(source)
-    key = data._cache_key(kind, name, files, 64, "image", None)
-    entry = data._CacheEntry(cache, key)
-    state = {"format": data.CACHE_FORMAT, "format_version": data.CACHE_FORMAT_VERSION, "source": name,
+    pq.write_table(pq.read_table(sources.embedded_files()[0]).slice(0, 1), source)  # any small parquet file
+    kind, files, name = sources._resolve(source)
+    key = sources._cache_key(kind, name, files, 64, "image", None)
+    entry = decode_cache._CacheEntry(cache, key)
+    state = {"format": decode_cache.CACHE_FORMAT, "format_version": decode_cache.CACHE_FORMAT_VERSION, "source": name,
              "image_size": 64, "class_names": pets.class_names, "items": repeat * len(pets), "next_item": 0,
              "rows": 0, "skipped": [], "complete": False}
     rows, labels = pets.images.numpy(), pets.labels.numpy().astype(np.int64)
     cache.mkdir(parents=True, exist_ok=True)
     entry.discard()
-    with data._CacheWriter(entry, state) as writer:
+    with decode_cache._CacheWriter(entry, state) as writer:
         for copy in range(repeat):
             writer.append(rows, labels, (copy + 1) * len(pets), [])
         writer.finish()
@@ -102,9 +103,8 @@ def build_entry(workdir: Path, cache: Path, pets, repeat: int) -> tuple[Path, Pa
 def measure(source: str, cache: str, batches: int, batch_size: int) -> dict:
     import torch
 
-    from latentflows.data import load_images, prefetch
+    from latentflows.data import Batches, load_images, prefetch
     from latentflows.runs import split_dataset
-    from latentflows.training import Batches
 
     torch.set_num_threads(1)
     imported = peak_rss_mib()

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from latentflows import data as data_module
-from latentflows.data import load_images, to_rgb_array
+from latentflows.data import cache as decode_cache
+from latentflows.data import load_images, sources, to_rgb_array
 from latentflows.errors import DataError
 from latentflows.runs import split_dataset
 
@@ -37,7 +38,7 @@ def test_cache_makes_the_second_load_skip_decoding(tmp_path, monkeypatch, pets_p
     def refuse(*args, **kwargs):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(data_module, "decode_image", refuse)
+    monkeypatch.setattr(sources, "decode_image", refuse)  # where the sources look it up
     second = load_images(pets_parquet, cache_dir=tmp_path)
     assert torch.equal(first.images, second.images) and second.class_names == first.class_names
 
@@ -274,7 +275,7 @@ def counting_decoder(monkeypatch, stop_at=None):
         calls.append(1)
         return real(data, size)
 
-    monkeypatch.setattr(data_module, "decode_image", decode)
+    monkeypatch.setattr(sources, "decode_image", decode)
     return calls
 
 
@@ -284,7 +285,7 @@ def entry_state(cache):
 
 
 def test_decoding_resumes_after_an_interrupt(tmp_path, monkeypatch, small_parquet, small_reference):
-    monkeypatch.setattr(data_module, "CHUNK_IMAGES", 64)
+    monkeypatch.setattr(decode_cache, "CHUNK_IMAGES", 64)
     cache = tmp_path / "cache"
     counting_decoder(monkeypatch, stop_at=150)
     with pytest.raises(KeyboardInterrupt):
@@ -312,17 +313,17 @@ def test_cache_survives_a_kill_mid_decode(tmp_path, monkeypatch, small_parquet, 
     script = f"""
 import time
 from pathlib import Path
-from latentflows import data
-data.CHUNK_IMAGES = 64
-real, calls = data.decode_image, []
+from latentflows.data import cache, sources
+cache.CHUNK_IMAGES = 64
+real, calls = sources.decode_image, []
 def decode(item, size):
     if len(calls) == 200:
         Path({str(stopped)!r}).write_text("decoding image 200")
         time.sleep(300)
     calls.append(1)
     return real(item, size)
-data.decode_image = decode
-data.load_images({str(small_parquet)!r}, cache_dir={str(cache)!r})
+sources.decode_image = decode
+sources.load_images({str(small_parquet)!r}, cache_dir={str(cache)!r})
 """
     child = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
@@ -337,7 +338,7 @@ data.load_images({str(small_parquet)!r}, cache_dir={str(cache)!r})
     assert (state["complete"], state["next_item"], state["rows"]) == (False, 192, 191)
     assert (cache / f"{cache_entries(cache)[0].stem}.images").stat().st_size >= 191 * 3 * 64 * 64
 
-    monkeypatch.setattr(data_module, "CHUNK_IMAGES", 64)
+    monkeypatch.setattr(decode_cache, "CHUNK_IMAGES", 64)
     calls = counting_decoder(monkeypatch)
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
         resumed = load_images(small_parquet, cache_dir=cache)

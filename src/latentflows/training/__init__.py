@@ -1,6 +1,7 @@
 """Training: the loop (``Trainer``), its callbacks, objectives of named terms, the stages
 that build them from a run config, and ``train``, which runs the stages in order."""
 
+from ..data import Batches
 from .adversarial import Adversarial, PatchDiscriminator, adaptive_weight, diff_augment
 from .callbacks import (
                         CHECKPOINT_FORMAT,
@@ -19,7 +20,7 @@ from .perceptual import Perceptual, normalized_distance
 from .runner import train
 from .stages import AutoencoderStage, FlowStage, Stage, StageContext, StagePlan
 from .tensorboard import TensorBoardLogger
-from .trainer import Batches, NonFiniteLossError, Trainer, Update, adam, supervised
+from .trainer import NonFiniteLossError, Trainer, Update, adam, supervised
 
 __all__ = [
     "CHECKPOINT_FORMAT", "Callback", "Checkpoint", "CosineLearningRate", "EarlyStopping", "EpochRecord",

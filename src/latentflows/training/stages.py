@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..autoencoder import class_context, encode_images, to_signed_unit
-from ..data import ImageDataset
+from ..data import Batches, ImageDataset
 from ..flows import Flow, Standardize, Transform, fit_leading_layers
 from ..layers import GaussianNoise
 from ..losses import to_bits_per_dim
@@ -23,7 +23,7 @@ from ..registry import Configurable, build, register
 from ..runtime import Runtime
 from .callbacks import Callback, CosineLearningRate, EarlyStopping
 from .objective import Objective
-from .trainer import Batches, Update, adam
+from .trainer import Update, adam
 
 
 @dataclass

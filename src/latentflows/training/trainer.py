@@ -11,9 +11,7 @@ two updates. Every other entry of the dict is shown and logged.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
-import math
 import signal
 import sys
 import threading
@@ -25,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from ..data import prefetch
+from ..data import Batches
 from ..errors import LatentflowsError
 from ..layers import apply_constraints, pop_auxiliary_losses, regularization_loss
 from ..metrics import MeanMetric
@@ -54,82 +52,6 @@ def adam(parameters: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.
         return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError):  # e.g. a device or dtype without a fused kernel
         return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
-
-
-class Batches:
-    """Mini-batches of tensors (in memory, or images read from disk), reshuffled each epoch
-    by a seeded generator.
-
-    Slicing tensors that are already in memory costs microseconds, where a DataLoader
-    with per-item collation costs far more than the small models it feeds. A data set
-    bigger than memory (``data.MappedImages``) is read a batch at a time, ahead of the step.
-
-    Args:
-        tensors: tensors with the same first dimension (e.g. images and labels), or images
-            read from disk (``data.MappedImages``).
-        batch_size: rows per batch.
-        shuffle: a new seeded order every epoch.
-        seed: seeds the order.
-        drop_last: leave out the last, smaller batch.
-        prefetch: batches read ahead in a background thread (default: 2 for data read from
-            disk, none for tensors in memory, where cutting a batch costs microseconds).
-
-    Example:
-        >>> import torch
-        >>> [len(batch[0]) for batch in Batches([torch.arange(10)], 4)]
-        [4, 4, 2]
-    """
-
-    def __init__(self, tensors: Sequence[Tensor], batch_size: int, shuffle: bool = False,
-                 seed: int = 0, drop_last: bool = False, prefetch: int | None = None):
-        if batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {batch_size}")
-        self.tensors, self.batch_size, self.shuffle, self.drop_last = list(tensors), batch_size, shuffle, drop_last
-        self.generator = torch.Generator().manual_seed(seed)
-        self.size = len(self.tensors[0])
-        self.rank, self.world_size = 0, 1
-        # batches read from disk (memory-mapped data sets) are read ahead in a thread
-        on_disk = any(not isinstance(t, Tensor) for t in self.tensors)
-        self.prefetch = prefetch if prefetch is not None else (2 if on_disk else 0)
-
-    def sharded(self, rank: int, world_size: int) -> "Batches":
-        """The same batches (same order, same generator), of which process ``rank`` of
-        ``world_size`` gets a contiguous share of each: the global batch is ``batch_size``.
-
-        Example:
-            >>> import torch
-            >>> [batch[0].tolist() for batch in Batches([torch.arange(6)], 4).sharded(1, 2)]
-            [[2, 3], [5]]
-        """
-        if self.shuffle and self.drop_last and self.batch_size % world_size:
-            raise ValueError(f"a batch of {self.batch_size} does not split evenly over {world_size} processes; "
-                             f"use a batch size that is a multiple of {world_size}")
-        shard = copy.copy(self)
-        shard.rank, shard.world_size = rank, world_size
-        return shard
-
-    def __len__(self) -> int:
-        if self.drop_last and self.size >= self.batch_size:
-            return self.size // self.batch_size
-        return math.ceil(self.size / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
-        return prefetch(self._batches(), self.prefetch)
-
-    def _batches(self) -> Iterator[tuple[Tensor, ...]]:
-        order = torch.randperm(self.size, generator=self.generator) if self.shuffle else None
-        if order is not None:  # drawn on the CPU (the same order on every device), moved once per epoch
-            order = order.to(self.tensors[0].device)
-        for i in range(len(self)):
-            start, stop = i * self.batch_size, min((i + 1) * self.batch_size, self.size)
-            if self.world_size > 1:  # this process's share of the global batch
-                share = -(-(stop - start) // self.world_size)
-                start, stop = min(start + self.rank * share, stop), min(start + (self.rank + 1) * share, stop)
-            if order is None:
-                yield tuple(t[start:stop] for t in self.tensors)
-            else:
-                index = order[start:stop]
-                yield tuple(t[index] for t in self.tensors)
 
 
 # ------------------------------------------------------------------ Ctrl-C
