@@ -47,7 +47,7 @@ def load_images(source: str | os.PathLike | None = None, *, label_field: str | N
     """Load any supported source as an ``ImageDataset`` (see the module docstring).
 
     ``label_field`` picks the column that gives the class for parquet and hub data; by
-    default ``dog`` (cat/dog, as in the seed notebook) when present, else ``label``.
+    default ``dog`` (cat/dog, the embedded pets' species) when present, else ``label``.
     Unreadable images are skipped with a warning and listed in ``skipped``. The images
     are a tensor when they take at most ``$LATENTFLOWS_IN_MEMORY_BYTES`` (512 MiB), else
     ``MappedImages`` read from the cache file batch by batch. An interrupted decoding

@@ -10,14 +10,11 @@ two updates. Every other entry of the dict is shown and logged.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +26,7 @@ from ..layers import apply_constraints, pop_auxiliary_losses, regularization_los
 from ..metrics import MeanMetric
 from ..runtime import Runtime
 from .callbacks import Callback, EpochRecord, unprefix
+from .interrupts import raise_pending_interrupt, remembered_interrupts
 from .skipping import poison_gradients, skips_on_device, step_unless
 
 LossFn = Callable[[nn.Module, tuple[Tensor, ...]], dict[str, Tensor]]
@@ -52,52 +50,6 @@ def adam(parameters: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.
         return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError):  # e.g. a device or dtype without a fused kernel
         return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
-
-
-# ------------------------------------------------------------------ Ctrl-C
-
-_PENDING_INTERRUPT = threading.Event()
-
-
-def _remember_and_raise(signum: int, frame: object) -> None:
-    _PENDING_INTERRUPT.set()
-    raise KeyboardInterrupt
-
-
-def raise_pending_interrupt() -> None:
-    """Raise the ``KeyboardInterrupt`` of a Ctrl-C that Python dropped (see ``remembered_interrupts``)."""
-    if _PENDING_INTERRUPT.is_set():
-        _PENDING_INTERRUPT.clear()
-        raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def remembered_interrupts() -> Iterator[None]:
-    """While training, a Ctrl-C raises ``KeyboardInterrupt`` as usual and is also remembered
-    until it has been raised out of the training loop.
-
-    Python delivers the signal's exception wherever the main thread is; when that is a
-    finalizer (an old status bar's ``__del__``, a garbage collection), it prints "Exception
-    ignored" and training goes on, so a Ctrl-C would be lost now and then. The trainer checks
-    the remembered one before every step. Only Python's default handler is replaced (and
-    restored afterwards); outside the main thread nothing changes.
-
-    Example:
-        >>> with remembered_interrupts():
-        ...     raise_pending_interrupt()   # nothing pending: returns
-    """
-    previous = None
-    if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        previous = signal.signal(signal.SIGINT, _remember_and_raise)
-    try:
-        yield
-    except KeyboardInterrupt:
-        _PENDING_INTERRUPT.clear()  # it reached the caller
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
 
 
 @dataclass
