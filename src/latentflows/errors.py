@@ -57,6 +57,7 @@ class UnknownComponentError(LatentflowsError):
 
     Args:
         *args: the message, as for any ``Exception``.
+        component: the registered name that was asked for, when there is one.
 
     Example:
         >>> import latentflows as lf
@@ -65,6 +66,53 @@ class UnknownComponentError(LatentflowsError):
         ... except UnknownComponentError as error:
         ...     print(str(error)[:44])
         no component named 'NoSuchThing' is register
+    """
+
+    def __init__(self, *args: object, component: str | None = None):
+        super().__init__(*args)
+        self.component = component
+
+
+class MissingModuleError(UnknownComponentError):
+    """A run uses a component registered by a module that is not imported.
+
+    A saved run records which modules registered its own components (``config.json``'s
+    ``imports``), but latentflows never imports them itself: a run downloaded from the Hub
+    must not run code. The message names the module and how to import it.
+
+    Args:
+        component: the registered name the run uses.
+        module: the module that registered it when the run was saved.
+        command: the ``latentflows`` command being run, whose ``--import`` the message names;
+            None from Python.
+
+    Example:
+        >>> print(MissingModuleError("test.SigmoidAffine", "my_module", "sample"))
+        run uses test.SigmoidAffine from module 'my_module'; pass --import my_module to latentflows sample
+        >>> print(MissingModuleError("test.SigmoidAffine", "my_module"))
+        run uses test.SigmoidAffine from module 'my_module'; import my_module before loading it
+    """
+
+    def __init__(self, component: str, module: str, command: str | None = None):
+        how = f"pass --import {module} to latentflows {command}" if command else f"import {module} before loading it"
+        super().__init__(f"run uses {component} from module {module!r}; {how}", component=component)
+        self.module, self.command = module, command
+
+    def for_command(self, command: str) -> "MissingModuleError":
+        """The same error, naming the ``--import`` flag of ``command``."""
+        return MissingModuleError(str(self.component), self.module, command)
+
+
+class ArgumentError(LatentflowsError, ValueError):
+    """A value out of its range, such as a sample count below 1: a ``ValueError`` too, as
+    Python code expects of a bad argument.
+
+    Args:
+        *args: the message, as for any ``Exception``.
+
+    Example:
+        >>> isinstance(ArgumentError("x"), ValueError) and isinstance(ArgumentError("x"), LatentflowsError)
+        True
     """
 
 

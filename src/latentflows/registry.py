@@ -10,6 +10,7 @@ in a run config.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, TypeVar
 
 from .errors import UnknownComponentError
@@ -25,7 +26,9 @@ def register(component: T | None = None, *, name: str | None = None) -> Any:
 
     A name can be registered once: a second, different component under a taken name (or
     under a built-in hook name such as ``"relu"``) is refused with an error that says how
-    to choose another, so a user's component never silently replaces the library's.
+    to choose another, so a user's component never silently replaces the library's. A class
+    whose constructor takes options that its inherited ``get_config`` cannot know (as
+    ``ElementwiseBijection``'s, which returns ``{}``) is refused too: saving it would lose them.
 
     Example:
         >>> import latentflows as lf
@@ -50,11 +53,30 @@ def register(component: T | None = None, *, name: str | None = None) -> Any:
                 f"a component named {key!r} is already registered ({_qualified(known)}); "
                 f"register {_qualified(item)} under another name with @register(name=...)"
             )
+        _check_saves_its_options(item)
         _REGISTRY[key] = item
         item.registered_name = key
         return item
 
     return decorate(component) if component is not None else decorate
+
+
+def _options(klass: type) -> set[str]:
+    """The named parameters of ``klass``'s constructor (``*args`` and ``**kwargs`` aside)."""
+    parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]  # self aside
+    return {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def _check_saves_its_options(item: Any) -> None:
+    """Refuse a class whose constructor takes options its inherited ``get_config`` does not save."""
+    if not isinstance(item, type) or "get_config" in vars(item) or not hasattr(item, "get_config"):
+        return
+    owner = next(klass for klass in item.__mro__ if "get_config" in vars(klass))
+    lost = sorted(_options(item) - _options(owner))
+    if lost:
+        raise TypeError(f"{_qualified(item)} takes options ({', '.join(lost)}) that the get_config it inherits "
+                        f"from {owner.__name__} does not save; define get_config() returning them, e.g. "
+                        f"{{{lost[0]!r}: self.{lost[0]}}}")
 
 
 def reserve(names: dict[str, Any], kind: str) -> None:
@@ -80,9 +102,45 @@ def get_registered(name: str) -> Any:
         return _REGISTRY[name]
     except KeyError:
         raise UnknownComponentError(
-            f"no component named {name!r} is registered: import the module that defines it "
-            f"(latentflows train --import MODULE) and decorate its class with @latentflows.register"
+            f"no component named {name!r} is registered: import the module that defines it (on the command "
+            f"line: --import MODULE) and decorate its class with @latentflows.register", component=name
         ) from None
+
+
+def defining_modules(value: Any) -> dict[str, list[str]]:
+    """The modules outside latentflows that registered the components ``value`` names: module -> names.
+
+    ``value`` is any JSON value (a saved config): every string in it that is a registered
+    name counts (the ``"class"`` of each spec, a hook named by a string). What a saved run
+    records, so that loading it without its modules can say which to import.
+
+    Example:
+        >>> import latentflows as lf
+        >>> defining_modules(lf.serialize(lf.flows.Additive()))   # the library's own
+        {}
+    """
+    found: dict[str, set[str]] = {}
+
+    def visit(item: Any) -> None:
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, (list, tuple)):
+            for part in item:
+                visit(part)
+        elif isinstance(item, str) and item in _REGISTRY:
+            module = getattr(_REGISTRY[item], "__module__", None) or "__main__"
+            if module != "__main__" and module.partition(".")[0] != "latentflows":  # a script cannot be imported
+                found.setdefault(module, set()).add(item)
+
+    visit(value)
+    return {module: sorted(names) for module, names in sorted(found.items())}
+
+
+def recorded_module(imports: Any, name: str | None) -> str | None:
+    """The module that ``defining_modules``' record ``imports`` gives for the component ``name``, if any."""
+    if not isinstance(imports, dict) or name is None:
+        return None
+    return next((str(module) for module, names in imports.items() if isinstance(names, list) and name in names), None)
 
 
 class Configurable:
