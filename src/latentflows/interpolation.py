@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .flows import check_sampling
 from .pipeline import LatentFlowPipeline
 from .runtime import evaluation_mode
 
@@ -48,8 +49,7 @@ def interpolate(pipeline: LatentFlowPipeline, start_label: str | int, end_label:
                 seed: int = 0, temperature: float = 1.0, modes: tuple[str, ...] = MODES) -> dict[str, Tensor]:
     """Decoded uint8 images (steps, 3, S, S) for each mode, from a ``start_label`` sample to an
     ``end_label`` sample; the same seed gives the same two end points in every mode."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+    check_sampling(temperature=temperature)
     first, last = pipeline.class_index(start_label), pipeline.class_index(end_label)
     generator = torch.Generator().manual_seed(seed)
     ends = torch.randn(2, pipeline.flow.features, generator=generator) * temperature

@@ -22,7 +22,7 @@ from ._version import __version__
 from .autoencoder import decode_embeddings, encode_images, is_class_conditional
 from .compat import pipeline_config_from_v1, weights_from_v1
 from .errors import LatentflowsError, ModelFileError
-from .flows import Flow
+from .flows import Flow, check_sampling
 from .guidance import check_guidance, guided_sample
 from .hub import CARD_TAGS, LIBRARY_NAME, MODEL_FILES
 from .registry import deserialize, serialize
@@ -167,10 +167,7 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
         posterior (``latentflows.guidance``), tempered by ``summary["posterior_temperature"]``
         (fitted to the validation codes after training; 1 when absent); 0 is plain sampling.
         """
-        if n < 1:
-            raise LatentflowsError(f"the number of samples must be at least 1, got {n}")
-        if temperature <= 0:
-            raise LatentflowsError(f"temperature must be positive, got {temperature}")
+        check_sampling(n, temperature)
         check_guidance(guidance, candidates)
         index = self.class_index(label)
         classes = len(self.class_names)

@@ -19,6 +19,7 @@ from torch import nn
 from .._version import __version__
 from ..data import ImageDataset
 from ..errors import LatentflowsError, ModelFileError
+from ..flows import check_sampling
 from ..guidance import check_guidance
 from ..pipeline import LatentFlowPipeline
 from ..runtime import Runtime, as_runtime
@@ -480,7 +481,8 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
     from ..storage import write_json
     from .inception import load_inception
 
-    check_guidance(guidance, candidates)  # before the slow steps
+    check_sampling(samples_per_class, temperature)  # before the slow steps
+    check_guidance(guidance, candidates)
     runtime = as_runtime(device, precision)
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "eval.json"

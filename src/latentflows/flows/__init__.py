@@ -8,11 +8,11 @@ and assembled flows in ``flow`` / ``realnvp`` / ``spatial`` (for latents on a gr
 
 from .base import Composite, Transform, check_features
 from .batchnorm import InvertibleBatchNorm, held_batch_statistics
-from .bijections import Additive, ElementwiseBijection, SoftplusAffine, TanhAffine
+from .bijections import Additive, Affine, ElementwiseBijection, SoftplusAffine, TanhAffine
 from .checks import jacobian_logabsdet
 from .conditioners import MLP, CouplingNet
 from .coupling import Coupling, coupling_mask
-from .distributions import BaseDistribution, FlowDistribution, StandardNormal
+from .distributions import BaseDistribution, FlowDistribution, StandardNormal, check_sampling
 from .flow import Flow, StandardizedFlow
 from .linear import ActNorm, ContextAffine, LULinear
 from .permutation import RandomPermutation
@@ -23,9 +23,9 @@ from .standardize import ClassWhitening, Standardize, fit_leading_layers
 
 __all__ = [
     "Transform", "Composite", "check_features", "InvertibleBatchNorm", "held_batch_statistics",
-    "ElementwiseBijection", "TanhAffine", "SoftplusAffine", "Additive", "MLP", "CouplingNet", "Coupling",
+    "ElementwiseBijection", "Affine", "TanhAffine", "SoftplusAffine", "Additive", "MLP", "CouplingNet", "Coupling",
     "coupling_mask", "BaseDistribution", "StandardNormal", "FlowDistribution", "Flow", "RandomPermutation",
     "ConditionalRealNVP", "Standardize", "jacobian_logabsdet", "RationalQuadraticSpline", "ActNorm", "LULinear",
     "ContextAffine", "ClassWhitening", "fit_leading_layers", "StandardizedFlow", "SpatialRealNVP",
-    "ConvConditioner", "spatial_mask",
+    "ConvConditioner", "spatial_mask", "check_sampling",
 ]

@@ -28,6 +28,10 @@ class ElementwiseBijection(nn.Module, Configurable):
     The conditioner that produces ``params`` ends in a layer initialised at zero, so
     ``identity_params`` (all zeros) should map each feature to itself or close to it.
 
+    A subclass whose constructor takes options defines ``get_config`` returning them (this
+    base's returns ``{}``); ``@latentflows.register`` refuses one that does not, since a saved
+    run would lose them. For an affine map, subclass ``Affine`` and write ``log_scale`` only.
+
     Example:
         >>> import torch
         >>> from latentflows.flows import Additive
@@ -49,7 +53,27 @@ class ElementwiseBijection(nn.Module, Configurable):
 
 
 class Affine(ElementwiseBijection):
-    """``y = x * exp(log_scale(a)) + b``; subclasses choose how the raw ``a`` becomes a log-scale."""
+    """``y = x * exp(log_scale(a)) + b``: the easy base, where a subclass only says how the raw
+    ``a`` becomes a log-scale (``log_scale(params)``; ``params[:, 0]`` is ``a``, ``params[:, 1]`` is ``b``).
+
+    Takes no arguments; a subclass with options takes them in ``__init__`` and returns them
+    from ``get_config``.
+
+    Example:
+        >>> import torch, latentflows as lf
+        >>> @lf.register(name="docs.ClampedAffine")
+        ... class ClampedAffine(lf.flows.Affine):
+        ...     def __init__(self, limit: float = 2.0):
+        ...         super().__init__()
+        ...         self.limit = limit
+        ...     def log_scale(self, params):
+        ...         return params[:, 0].clamp(-self.limit, self.limit)
+        ...     def get_config(self):
+        ...         return {"limit": self.limit}
+        >>> y, logabsdet = ClampedAffine(1.0)(torch.tensor([[2.0]]), torch.tensor([[[5.0], [1.0]]]))
+        >>> round(y.item(), 4), logabsdet.item()            # 2 * e + 1; log-scale clamped to 1
+        (6.4366, 1.0)
+    """
 
     params_per_feature = 2
 

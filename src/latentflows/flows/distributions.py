@@ -9,13 +9,44 @@ diagonal Gaussian) is one class.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, constraints
 
+from ..errors import ArgumentError
 from ..registry import Configurable, register
+
+
+def check_sampling(n: int | None = None, temperature: float | None = None) -> None:
+    """The one check of a sample count (a whole number >= 1) and a sampling temperature (a
+    finite number > 0), wherever samples are drawn; either may be left out.
+
+    Raises:
+        ArgumentError: a ``ValueError`` and a ``LatentflowsError``, naming the value.
+
+    Example:
+        >>> check_sampling(16, 0.8)
+        >>> try:
+        ...     check_sampling(temperature=0)
+        ... except ValueError as error:
+        ...     print(error)
+        temperature must be a finite number > 0, got 0
+    """
+    if n is not None and (isinstance(n, bool) or not _as_number(n, operator.index) >= 1):
+        raise ArgumentError(f"the number of samples must be a whole number of at least 1, got {n!r}")
+    if temperature is not None and not 0 < _as_number(temperature, float) < math.inf:
+        raise ArgumentError(f"temperature must be a finite number > 0, got {temperature!r}")
+
+
+def _as_number(value: Any, convert: Any) -> float:
+    """``convert(value)``, or NaN for a value that is not such a number (it fails every range check)."""
+    try:
+        return convert(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 class BaseDistribution(nn.Module, Configurable):
@@ -104,8 +135,7 @@ class FlowDistribution(Distribution):
 
     def __init__(self, transform: nn.Module, base: BaseDistribution, context: Tensor | None = None,
                  temperature: float = 1.0):
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+        check_sampling(temperature=temperature)
         self.transform, self.base, self.context, self.temperature = transform, base, context, temperature
         batch_shape = context.shape[:-1] if context is not None else Size()
         super().__init__(batch_shape, Size([base.features]), validate_args=False)

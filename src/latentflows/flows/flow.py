@@ -14,12 +14,17 @@ from torch import Tensor, nn
 
 from ..registry import Configurable, deserialize, register, serialize
 from .base import Composite, Transform
-from .distributions import BaseDistribution, FlowDistribution
+from .distributions import BaseDistribution, FlowDistribution, check_sampling
 
 
 @register
 class Flow(nn.Module, Configurable):
     """A transform and a base distribution; ``flow(context)`` is the conditional distribution.
+
+    ``flow(context, temperature)`` returning a ``torch.distributions.Distribution`` is the API
+    (as zuko's). ``log_prob(x, context)``, ``sample(n, context)`` and ``sample_and_log_prob``
+    are shorthands over it for (batch, features) matrices, with one context row per sample
+    or one context for all.
 
     Args:
         transform: the invertible map from data to noise.
@@ -58,10 +63,12 @@ class Flow(nn.Module, Configurable):
         return self.transform
 
     def forward(self, context: Tensor | None = None, temperature: float = 1.0) -> FlowDistribution:
-        """The distribution of the data given ``context`` (one vector, or a batch of them)."""
-        return FlowDistribution(self.transform, self.base, self._check_context(context), temperature)
+        """The distribution of the data given ``context`` (one vector, or a batch of them): the API."""
+        return FlowDistribution(self.transform, self.base, self._context(context), temperature)
 
-    def _check_context(self, context: Tensor | None) -> Tensor | None:
+    def _context(self, context: Tensor | None, rows: int | None = None) -> Tensor | None:
+        """``context`` checked against ``context_size``; given ``rows``, one row per sample (a
+        single vector or row is repeated ``rows`` times)."""
         if not self.context_size:
             if context is not None:
                 raise ValueError("this flow was built with context_size=0; do not pass a context")
@@ -70,39 +77,34 @@ class Flow(nn.Module, Configurable):
             raise ValueError(f"this flow is conditional (context_size={self.context_size}); pass a context")
         if context.shape[-1] != self.context_size:
             raise ValueError(f"context must have {self.context_size} features, got shape {tuple(context.shape)}")
-        return context
-
-    def _row_context(self, context: Tensor | None, batch: int) -> Tensor | None:
-        """One context row per sample: a single vector is repeated ``batch`` times."""
-        context = self._check_context(context)
-        if context is None:
-            return None
+        if rows is None:
+            return context
         if context.dim() == 1:
             context = context.unsqueeze(0)
-        if context.dim() != 2 or context.shape[0] not in (1, batch):
-            raise ValueError(f"context must be one row or one row per sample ({batch}), got shape {tuple(context.shape)}")
-        return context.expand(batch, -1) if context.shape[0] == 1 and batch != 1 else context
+        if context.dim() != 2 or context.shape[0] not in (1, rows):
+            raise ValueError(f"context must be one row or one row per sample ({rows}), got shape {tuple(context.shape)}")
+        return context.expand(rows, -1) if context.shape[0] == 1 and rows != 1 else context
 
+    # shorthands over ``flow(context)`` for (batch, features) matrices, as training loops use them
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """Log-density (nats) of each row of ``x`` given its context row."""
+        """``flow(context).log_prob(x)``: log-density (nats) of each row of ``x`` given its context
+        row (or one context for all)."""
         if x.dim() != 2:
             raise ValueError(f"x must be a (batch, features) matrix, got shape {tuple(x.shape)}")
-        return self(self._row_context(context, x.shape[0])).log_prob(x)
+        return self(self._context(context, x.shape[0])).log_prob(x)
 
     def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0,
                generator: torch.Generator | None = None) -> Tensor:
-        """``n`` samples given one context vector (or one context row per sample)."""
+        """``n`` draws of ``flow(context, temperature)`` (one context vector, or one row per sample)."""
         return self.sample_and_log_prob(n, context, temperature, generator)[0]
 
     def sample_and_log_prob(self, n: int, context: Tensor | None = None, temperature: float = 1.0,
                             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """``n`` samples and their log-density under the model (not under the tempered noise)."""
-        if n < 1:
-            raise ValueError(f"the number of samples must be at least 1, got {n}")
-        distribution = self(self._row_context(context, n), temperature)
-        if distribution.batch_shape:  # one context row per sample
-            return distribution.rsample_and_log_prob((), generator)
-        return distribution.rsample_and_log_prob((n,), generator)
+        """``n`` draws of ``flow(context, temperature)`` and their log-density under the model (not
+        under the tempered noise)."""
+        check_sampling(n)
+        distribution = self(self._context(context, n), temperature)  # batch_shape (n,) when conditional
+        return distribution.rsample_and_log_prob(() if distribution.batch_shape else (n,), generator)
 
     def get_config(self) -> dict[str, Any]:
         return {"transform": serialize(self.transform), "base": serialize(self.base),
