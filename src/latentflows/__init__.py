@@ -9,15 +9,18 @@ run folder and its split) -> ``training`` (stages: autoencoder, then flow) ->
 
 from . import layers, losses, metrics  # noqa: F401  (register their components)
 from ._version import __version__
-from .autoencoder import ConvAutoencoder
+from .autoencoder import ConvAutoencoder, SpatialAutoencoder
 from .config import PRESETS, RunConfig
 from .data import ImageDataset, load_images
 from .errors import DataError, LatentflowsError, ModelFileError
 from .flows import (
                     ActNorm,
+                    Affine,
+                    BaseDistribution,
                     Composite,
                     ConditionalRealNVP,
                     Coupling,
+                    ElementwiseBijection,
                     Flow,
                     InvertibleBatchNorm,
                     LULinear,
@@ -32,9 +35,9 @@ from .runtime import Runtime
 from .training import train
 
 __all__ = [
-    "__version__", "ConvAutoencoder", "PRESETS", "RunConfig", "ImageDataset", "load_images",
+    "__version__", "ConvAutoencoder", "SpatialAutoencoder", "PRESETS", "RunConfig", "ImageDataset", "load_images",
     "DataError", "LatentflowsError", "ModelFileError", "Composite", "ConditionalRealNVP", "Coupling", "Flow",
     "InvertibleBatchNorm", "ActNorm", "LULinear", "RandomPermutation", "Standardize", "Transform",
-    "LatentFlowPipeline", "Samples", "load",
+    "ElementwiseBijection", "Affine", "BaseDistribution", "LatentFlowPipeline", "Samples", "load",
     "Configurable", "deserialize", "register", "serialize", "RunFolder", "Runtime", "train",
 ]

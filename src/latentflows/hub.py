@@ -384,7 +384,7 @@ def push(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False, tok
 
     run = RunFolder(run_dir)
     _check_complete(run)
-    LatentFlowPipeline.load(run.path, "cpu")  # what we upload loads (strictly), or nothing is uploaded
+    LatentFlowPipeline.from_pretrained(run.path, device="cpu")  # what we upload loads (strictly), or nothing is uploaded
     hf = require("huggingface_hub", "hub")
     with upload_errors(repo_id):
         api = hf.HfApi(token=token, library_name=LIBRARY_NAME, library_version=__version__)

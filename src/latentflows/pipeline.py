@@ -21,11 +21,11 @@ from torch import Tensor, nn
 from ._version import __version__
 from .autoencoder import decode_embeddings, encode_images, is_class_conditional
 from .compat import pipeline_config_from_v1, weights_from_v1
-from .errors import LatentflowsError, ModelFileError
+from .errors import LatentflowsError, MissingModuleError, ModelFileError, UnknownComponentError
 from .flows import Flow, check_sampling
 from .guidance import check_guidance, guided_sample
 from .hub import CARD_TAGS, LIBRARY_NAME, MODEL_FILES
-from .registry import deserialize, serialize
+from .registry import defining_modules, deserialize, recorded_module, serialize
 from .runs import RunFolder
 from .runtime import PRECISION_CHOICES, autocast_to, evaluation_mode, resolve_device, resolve_precision
 from .storage import load_safetensors, load_state_strictly, read_json, save_safetensors, write_json
@@ -65,9 +65,9 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
     The flow models the autoencoder's raw embeddings (its head standardizes them), so
     ``log_prob`` and the log-densities of samples are densities of embeddings, in nats.
 
-    ``save`` / ``load`` write and read a run folder's ``config.json`` + ``model.safetensors``;
-    ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` do the same with a model card
-    and Hugging Face Hub ids (``huggingface_hub.ModelHubMixin``).
+    ``save`` writes a run folder's ``config.json`` + ``model.safetensors``; ``from_pretrained``
+    (``latentflows.load``) reads one, or a Hugging Face Hub id; ``save_pretrained`` /
+    ``push_to_hub`` add a model card and upload (``huggingface_hub.ModelHubMixin``).
 
     Args:
         autoencoder: a trained autoencoder with ``encode`` / ``decode``.
@@ -202,11 +202,15 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
 
     # ------------------------------------------------------------------ files
     def saved_config(self) -> dict[str, Any]:
-        """What ``save`` writes to ``config.json``: format tags, component specs, classes, config, summary."""
+        """What ``save`` writes to ``config.json``: format tags, component specs, classes, config,
+        summary, and ``imports``: the modules outside latentflows that registered the components
+        it names (module -> names), which loading names when one is missing but never imports."""
+        autoencoder, flow = serialize(self.autoencoder), serialize(self.flow)
         return {
             "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "latentflows_version": __version__,
-            "autoencoder": serialize(self.autoencoder), "flow": serialize(self.flow),
+            "autoencoder": autoencoder, "flow": flow,
             "class_names": self.class_names, "config": self.config, "summary": self.summary,
+            "imports": defining_modules([autoencoder, flow, self.config]),
         }
 
     def save(self, run_dir: str | Path) -> None:
@@ -220,12 +224,15 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
     @classmethod
     def load(cls, run_dir: str | Path, device: str | torch.device = "auto",
              precision: str = "auto") -> "LatentFlowPipeline":
-        """Load a run folder (JSON + safetensors only; runs of format 1 are converted in memory)
-        onto ``device`` (``"auto"``: a GPU when there is one, else the CPU); ``precision``: what
-        its decoder computes in (see the class)."""
+        """``from_pretrained(run_dir, device=device, precision=precision)``, kept for older code;
+        ``latentflows.load`` is the one loader to use."""
+        return cls.from_pretrained(run_dir, device=device, precision=precision)
+
+    @classmethod
+    def _read_run(cls, run_dir: Path, device: str | torch.device, precision: str) -> "LatentFlowPipeline":
+        """The pipeline in a local run folder (JSON + safetensors only; runs of format 1 are
+        converted in memory), on ``device``."""
         run = RunFolder(run_dir)
-        if not run.path.is_dir():
-            raise ModelFileError(f"{run.path}: no such run folder")
         saved = read_json(run.config_file)
         if saved.get("format") != RUN_FORMAT:
             raise ModelFileError(f"{run.config_file}: not a latentflows run config (no format tag {RUN_FORMAT!r})")
@@ -237,6 +244,11 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
             autoencoder = deserialize(fields["autoencoder"])
             flow = deserialize(fields["flow"], Flow)
             class_names = list(fields["class_names"])
+        except UnknownComponentError as error:  # never imported here: a run from the Hub must not run code
+            module = recorded_module(saved.get("imports"), error.component)
+            if module is None:
+                raise
+            raise MissingModuleError(str(error.component), module) from None
         except LatentflowsError:
             raise
         except (KeyError, TypeError, ValueError) as error:
@@ -287,9 +299,13 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
                         revision: str | None = None, token: str | bool | None = None, cache_dir: str | Path | None = None,
                         force_download: bool = False, local_files_only: bool = False, precision: str = "auto",
                         **model_kwargs: Any) -> "LatentFlowPipeline":
-        """Load a pipeline from a run folder (exactly as ``load``) or a Hugging Face Hub id
-        (``owner/name``: its ``config.json`` and ``model.safetensors`` are downloaded into the
-        Hugging Face cache once, then read from there, offline too).
+        """Load a pipeline from a run folder or a Hugging Face Hub id (``owner/name``: its
+        ``config.json`` and ``model.safetensors`` are downloaded into the Hugging Face cache once,
+        then read from there, offline too). The one loader: ``latentflows.load`` is this.
+
+        JSON and safetensors only: nothing is unpickled, and no module is imported. A run that
+        uses a component registered by a module of its own (``config.json``'s ``imports``) needs
+        that module imported first, or fails with a ``MissingModuleError`` naming it.
 
         Args:
             pretrained_model_name_or_path: a folder, or ``owner/name``.
@@ -302,7 +318,9 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
             precision: what the decoder computes in (see the class).
 
         Raises:
-            LatentflowsError: one line: no such folder or model, offline and not cached, incompatible files.
+            LatentflowsError: one line: no such folder or model, offline and not cached, incompatible
+                files, a component whose module is not imported.
+            TypeError: an option this method does not take.
 
         Example:
             >>> import tempfile, torch, latentflows as lf
@@ -320,21 +338,11 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
         """
         from .hub import resolve_run
 
-        # the download happens here, with one-line errors; the mixin then reads a local folder only
+        if model_kwargs:  # the mixin's signature, none of its model arguments: config.json holds them all
+            raise TypeError(f"from_pretrained() got unexpected keyword argument(s): {', '.join(sorted(model_kwargs))}")
         folder = resolve_run(pretrained_model_name_or_path, download=not local_files_only, revision=revision,
                              token=token, cache_dir=cache_dir, force_download=force_download, files=MODEL_FILES)
-        return super().from_pretrained(folder, device=device, precision=precision, **model_kwargs)
-
-    @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | Path | None,
-                         force_download: bool, local_files_only: bool, token: str | bool | None,
-                         device: str | torch.device = "auto", precision: str = "auto",
-                         **model_kwargs: Any) -> "LatentFlowPipeline":
-        # the mixin passes config.json's fields that are __init__ arguments; the strict loader reads them itself
-        unexpected = sorted(set(model_kwargs) - set(cls._hub_mixin_init_parameters))
-        if unexpected:
-            raise TypeError(f"from_pretrained() got unexpected keyword argument(s): {', '.join(unexpected)}")
-        return cls.load(model_id, device, precision)  # from_pretrained has resolved it to a local folder
+        return cls._read_run(folder, device, precision)
 
     def push_to_hub(self, repo_id: str, *, config: dict | None = None,
                     commit_message: str = "Upload latentflows pipeline", private: bool | None = None,
@@ -359,7 +367,10 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
                                        model_card_kwargs=card)
 
 
-def load(run_dir: str | Path, device: str | torch.device = "auto", precision: str = "auto") -> LatentFlowPipeline:
-    """Load a trained pipeline from a run folder (JSON + safetensors only) onto ``device``;
-    ``precision``: what its decoder computes in (``LatentFlowPipeline``)."""
-    return LatentFlowPipeline.load(run_dir, device, precision)
+def load(path_or_hub_id: str | Path, device: str | torch.device = "auto", precision: str = "auto",
+         **hub_options: Any) -> LatentFlowPipeline:
+    """Load a trained pipeline from a run folder or a Hub id onto ``device``: the one loader,
+    ``LatentFlowPipeline.from_pretrained`` under a short name (``hub_options``: its ``revision``,
+    ``token``, ``cache_dir``, ``force_download``, ``local_files_only``); ``precision``: what
+    its decoder computes in (``LatentFlowPipeline``)."""
+    return LatentFlowPipeline.from_pretrained(path_or_hub_id, device=device, precision=precision, **hub_options)
