@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .config import OPTIONS, PRESETS, integer, non_negative_float, parse_set, positive_float, positive_int
-from .errors import LatentflowsError
+from .errors import LatentflowsError, MissingModuleError
 from .extras import require
 from .runtime import Runtime, add_compute_options, as_runtime
 
@@ -89,8 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", type=_argument(parse_set),
                        help="set any config path, VALUE as JSON, e.g. stages.flow.config.epochs=50 or "
                             "stages.flow.config.model.config.bijection='{\"class\": \"Additive\"}' (repeatable)")
-    train.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                       help="import a module first (its @latentflows.register components can then be named)")
+    add_import_option(train, "its @latentflows.register components can then be named")
     train.add_argument("--show-config", action="store_true", help="print the resulting run config and exit")
     train.add_argument("--log", choices=["tensorboard"], action="append", default=[],
                        help="also log to TensorBoard (RUN/tensorboard: scalars of both stages, image grids, "
@@ -108,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=_positive_float, default=1.0, help="scale of the base noise (default 1)")
     sample.add_argument("--seed", type=_int, default=0)
     add_guidance_options(sample)
-    sample.add_argument("--out", type=Path, required=True, help="PNG grid to write, highest log-density first")
-    sample.add_argument("--npy", type=Path, help="also write the uint8 images (n, S, S, 3) as .npy")
+    sample.add_argument("--out", type=Path, help="PNG grid to write, highest log-density first")
+    sample.add_argument("--npy", type=Path, help="the uint8 images (n, S, S, 3) as .npy (with or without --out)")
     sample.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
     evaluate = commands.add_parser("evaluate", help="measure a trained run on its validation split, write eval.json")
@@ -165,7 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     cache = commands.add_parser("cache", help="show or empty the decoded-image cache")
     cache.add_argument("action", choices=["info", "clear"])
+    for name in LOADS_A_RUN:
+        add_import_option(commands.choices[name], "one that registered the run's own components (its config.json "
+                                                  "lists them under imports); never imported for you")
     return parser
+
+
+def add_import_option(parser: argparse.ArgumentParser, why: str) -> None:
+    """``--import MODULE`` (repeatable): modules imported before the command runs (see ``main``)."""
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help=f"import a module first: {why} (repeatable)")
 
 
 def _runtime(args: argparse.Namespace) -> Runtime:
@@ -192,7 +200,6 @@ def run_train(args: argparse.Namespace) -> None:
     from .data import load_images
     from .runs import RunFolder, apply_limit
 
-    _import_modules(args.imports)
     runtime = _runtime(args)  # an unavailable device fails before the slow steps
     if "tensorboard" in args.log:  # so does a missing extra
         from .training.tensorboard import summary_writer
@@ -297,7 +304,10 @@ def run_sample(args: argparse.Namespace) -> None:
     from .pipeline import load
     from .plots import image_grid
 
-    _check_png_target(args.out, args.overwrite)
+    if args.out is None and args.npy is None:
+        raise LatentflowsError("sample writes --out GRID.png, --npy IMAGES.npy or both; pass at least one")
+    if args.out is not None:
+        _check_png_target(args.out, args.overwrite)
     if args.npy is not None and args.npy.suffix != ".npy":
         raise LatentflowsError(f"--npy {args.npy}: the file name must end in .npy (numpy would add it silently)")
     if args.npy is not None and args.npy.exists() and not args.overwrite:
@@ -305,15 +315,18 @@ def run_sample(args: argparse.Namespace) -> None:
     runtime = _runtime(args)
     pipeline = load(args.run, runtime.device, runtime.precision)
     samples = pipeline.generate(args.label, args.n, args.temperature, args.seed, args.guidance, args.candidates)
-    columns = min(8, args.n)
-    rows = [samples.images[i : i + columns] for i in range(0, args.n, columns)]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(rows, scale=2).save(args.out)
+    if args.out is not None:
+        columns = min(8, args.n)
+        rows = [samples.images[i : i + columns] for i in range(0, args.n, columns)]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        image_grid(rows, scale=2).save(args.out)
     if args.npy is not None:
+        args.npy.parent.mkdir(parents=True, exist_ok=True)
         np.save(args.npy, samples.images.permute(0, 2, 3, 1).numpy())
     posterior = "" if samples.class_prob is None else \
         f", p({samples.label} | image) {samples.class_prob.mean():.2f} on average"
-    print(f"wrote {args.n} {samples.label} image(s) to {args.out}"
+    written = " and ".join(str(path) for path in (args.out, args.npy) if path is not None)
+    print(f"wrote {args.n} {samples.label} image(s) to {written}"
           f" (log-density {samples.log_prob[0]:.1f} .. {samples.log_prob[-1]:.1f} nats{posterior})")
 
 
@@ -387,6 +400,8 @@ def run_info(args: argparse.Namespace) -> None:
 
 # commands whose RUN may also be a Hugging Face Hub id (owner/name), downloaded to the HF cache
 TAKES_A_RUN = ("sample", "evaluate", "interpolate", "info", "export", "demo")
+# commands that load a run's model, so take --import for the modules that registered its components
+LOADS_A_RUN = (*TAKES_A_RUN, "push")
 # the optional modules a command needs: (module, extra)
 NEEDS = {"export": [("onnx", "export"), ("onnxruntime", "export")], "demo": [("gradio", "demo")]}
 
@@ -422,11 +437,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for module, extra in NEEDS.get(args.command, ()):  # a missing extra before any download
             require(module, extra)
+        _import_modules(getattr(args, "imports", []))  # a bad module fails before any download
         if args.command in TAKES_A_RUN:
             _resolve_run(args)
         {"train": run_train, "sample": run_sample, "evaluate": run_evaluate, "compare": run_compare,
          "interpolate": run_interpolate, "info": run_info, "cache": run_cache, "push": _run_push,
          "export": _run_export, "demo": _run_demo}[args.command](args)
+    except MissingModuleError as error:  # name this command's --import
+        print(f"latentflows: error: {error.for_command(args.command)}", file=sys.stderr)
+        return EXIT_USAGE
     except LatentflowsError as error:
         print(f"latentflows: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -11,6 +11,7 @@ it (``--width`` is ``stages.autoencoder.config.model.config.width``), and
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 from dataclasses import dataclass
@@ -310,13 +311,32 @@ def scale_fn_spec(text: Any) -> dict:
 
 
 def bijection_spec(text: Any) -> dict:
-    """A registered ``ElementwiseBijection`` name -> its spec with default options."""
+    """``NAME`` or ``NAME:JSON`` (a registered ``ElementwiseBijection`` and a JSON object of its
+    constructor's options) -> its spec; a spec passes through.
+
+    Example:
+        >>> bijection_spec('RationalQuadraticSpline:{"bins": 4}')
+        {'class': 'RationalQuadraticSpline', 'config': {'bins': 4}}
+    """
     if is_spec(text):
         return text
-    klass = get_registered(str(text))
+    name, _, options_text = str(text).partition(":")
+    klass = get_registered(name)
     if not (isinstance(klass, type) and issubclass(klass, ElementwiseBijection)):
-        raise ValueError(f"{text!r} is not an element-wise bijection (e.g. TanhAffine, SoftplusAffine, Additive)")
-    return {"class": str(text), "config": {}}
+        raise ValueError(f"{name!r} is not an element-wise bijection (e.g. TanhAffine, SoftplusAffine, Additive)")
+    try:
+        options = json.loads(options_text) if options_text.strip() else {}
+    except json.JSONDecodeError:
+        options = None
+    if not isinstance(options, dict):
+        raise ValueError(f"the options after {name}: must be a JSON object, e.g. "
+                         f"RationalQuadraticSpline:{{\"bins\": 4}}; got {options_text}")
+    parameters = list(inspect.signature(klass).parameters.values())
+    known = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"{name} has no option {', '.join(unknown)}; its options: {', '.join(known) or 'none'}")
+    return {"class": name, "config": options}
 
 
 @dataclass(frozen=True)
@@ -393,7 +413,8 @@ OPTIONS: dict[str, Option] = {
                        "affine coupling scale: tanh (bounded log-scale) or softplus", scale_fn_spec),
     "bijection": Option(f"{FLOW_MODEL}.bijection", name_or_spec,
                         "element-wise bijection of the couplings, by registered name (TanhAffine, "
-                        "SoftplusAffine, Additive, RationalQuadraticSpline, or your own)", bijection_spec),
+                        "SoftplusAffine, Additive, RationalQuadraticSpline, or your own), with options as "
+                        "NAME:JSON, e.g. 'RationalQuadraticSpline:{\"bins\": 4}'", bijection_spec),
     "mixing": Option(f"{FLOW_MODEL}.mixing", choice("permutation", "lu", "none"),
                      "layer between couplings: a random permutation, a learned LU-linear map (Glow), or none"),
     "normalization": Option(f"{FLOW_MODEL}.normalization", choice("batchnorm", "actnorm", "none"),
