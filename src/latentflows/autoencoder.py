@@ -10,7 +10,7 @@ large images (see the two classes' notes on size).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -123,12 +123,12 @@ class ConvAutoencoder(nn.Module, Configurable):
         self.decoder = nn.Sequential(*up)
         self.apply(_init_weights)
         # channels_last runs the convolutions about 15% faster on CPU (see bench/).
-        self.to(memory_format=torch.channels_last)
+        self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs omit memory_format
 
     @property
     def last_layer(self) -> Tensor:
         """The weight of the output layer (where an adaptive adversarial weight is measured)."""
-        return self.decoder[-2].weight
+        return cast(nn.ConvTranspose2d, self.decoder[-2]).weight
 
     def encode(self, x: Tensor) -> Tensor:
         features = self.encoder(x.contiguous(memory_format=torch.channels_last))
@@ -175,8 +175,9 @@ class ResidualBlock(nn.Module):
         self.body = nn.Sequential(
             nn.GroupNorm(groups, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
             nn.GroupNorm(groups, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1))
-        nn.init.zeros_(self.body[-1].weight)
-        nn.init.zeros_(self.body[-1].bias)
+        output = cast(nn.Conv2d, self.body[-1])
+        nn.init.zeros_(output.weight)
+        nn.init.zeros_(output.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
@@ -332,7 +333,7 @@ class SpatialAutoencoder(nn.Module, Configurable):
             up += [norm, nn.SiLU(), nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1)]
         up += [nn.Tanh()]
         self.decoder = nn.Sequential(*up)
-        self.to(memory_format=torch.channels_last)
+        self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs omit memory_format
 
     @staticmethod
     def auto_downsample(image_size: int) -> int:
@@ -352,7 +353,7 @@ class SpatialAutoencoder(nn.Module, Configurable):
     @property
     def last_layer(self) -> Tensor:
         """The weight of the output convolution (where an adaptive adversarial weight is measured)."""
-        return self.decoder[-2].weight
+        return cast(nn.Conv2d, self.decoder[-2]).weight
 
     def encode(self, x: Tensor) -> Tensor:
         return self.encoder(x.contiguous(memory_format=torch.channels_last)).flatten(1)

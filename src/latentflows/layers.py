@@ -9,7 +9,7 @@ The coupling networks accept all of them; ``regularization_loss(model)`` and
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 from torch import Tensor, nn
@@ -299,6 +299,7 @@ class WeightHooks:
     kernel_constraint = None
 
     def hooked_weights(self) -> list[Tensor]:
+        assert isinstance(self, nn.Module), "WeightHooks mixes into an nn.Module"
         return [m.weight for m in self.modules() if isinstance(m, nn.Linear)]
 
     def regularization_loss(self) -> Tensor | None:
@@ -326,9 +327,9 @@ def regularization_loss(model: nn.Module) -> Tensor | None:
         >>> regularization_loss(model).item(), regularization_loss(nn.Linear(2, 1))
         (0.0, None)
     """
-    terms = [m.regularization_loss() for m in model.modules() if isinstance(m, WeightHooks)]
-    terms = [t for t in terms if t is not None]
-    return sum(terms) if terms else None
+    found = [m.regularization_loss() for m in model.modules() if isinstance(m, WeightHooks)]
+    terms = [t for t in found if t is not None]
+    return cast(Tensor, sum(terms)) if terms else None
 
 
 def apply_constraints(model: nn.Module) -> None:

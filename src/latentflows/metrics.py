@@ -35,6 +35,8 @@ class StreamingMean(Metric, Configurable):
     """
 
     full_state_update = False
+    total: Tensor  # states added by add_state
+    count: Tensor
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -46,9 +48,6 @@ class StreamingMean(Metric, Configurable):
         weight = torch.ones_like(values) if weight is None else weight.detach().to(torch.float64).flatten()
         self.total += (values * weight).sum()
         self.count += weight.sum()
-
-    def update(self, values: Tensor, weight: Tensor | None = None) -> None:
-        self.update_values(values, weight)
 
     def compute(self) -> Tensor:
         return (self.total / self.count).float()
@@ -71,6 +70,9 @@ class MeanMetric(StreamingMean):
         >>> metric.compute().item()
         3.0
     """
+
+    def update(self, values: Tensor, weight: Tensor | None = None) -> None:
+        self.update_values(values, weight)
 
 
 @register

@@ -11,11 +11,11 @@ in a run config.
 from __future__ import annotations
 
 import inspect
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from .errors import UnknownComponentError
 
-T = TypeVar("T")
+T = TypeVar("T", bound=Callable[..., Any])  # a class or a function
 
 _REGISTRY: dict[str, Any] = {}
 _RESERVED: dict[str, str] = {}  # built-in hook names ("relu", "l2", ...) -> what they are
@@ -55,7 +55,7 @@ def register(component: T | None = None, *, name: str | None = None) -> Any:
             )
         _check_saves_its_options(item)
         _REGISTRY[key] = item
-        item.registered_name = key
+        setattr(item, "registered_name", key)  # read back by serialize
         return item
 
     return decorate(component) if component is not None else decorate
@@ -63,7 +63,8 @@ def register(component: T | None = None, *, name: str | None = None) -> Any:
 
 def _options(klass: type) -> set[str]:
     """The named parameters of ``klass``'s constructor (``*args`` and ``**kwargs`` aside)."""
-    parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]  # self aside
+    init = getattr(klass, "__init__")  # the class's own constructor (mypy flags klass.__init__ on a type)
+    parameters = list(inspect.signature(init).parameters.values())[1:]  # self aside
     return {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 

@@ -96,9 +96,9 @@ def native_bf16(device: str | torch.device) -> str | None:
     flags = _cpu_flags()
     if flags is None:  # not Linux: ask torch
         cpu = torch.cpu
-        flags = {name for name, probe in (("amx_bf16", "_is_amx_tile_supported"),
+        flags = frozenset(name for name, probe in (("amx_bf16", "_is_amx_tile_supported"),
                                            ("avx512_bf16", "_is_avx512_bf16_supported"))
-                 if getattr(cpu, probe, lambda: False)()}
+                 if getattr(cpu, probe, lambda: False)())
     if "amx_bf16" in flags:
         return "AMX"
     if "avx512_bf16" in flags:

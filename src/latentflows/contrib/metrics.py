@@ -28,6 +28,8 @@ class Precision(Metric, Configurable):
     """
 
     full_state_update = False
+    true_positives: Tensor  # states added by add_state
+    false_positives: Tensor
 
     def __init__(self, threshold: float = 0.5, **kwargs: Any):
         super().__init__(**kwargs)

@@ -49,7 +49,7 @@ class ImageClassifier(nn.Module, Configurable):
             channels = out
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
-        self.to(memory_format=torch.channels_last)
+        self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs omit memory_format
 
     def forward(self, images: Tensor) -> Tensor:
         """uint8 or [-1, 1] float images -> class logits."""

@@ -8,7 +8,7 @@ log |det dx/dz| for ``inverse``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from torch import Tensor, nn
 
@@ -70,12 +70,12 @@ class Composite(Transform):
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         total = z.new_zeros(z.shape[0])
         for transform in reversed(self.transforms):
-            z, logabsdet = transform.inverse(z, context)
+            z, logabsdet = cast(Transform, transform).inverse(z, context)
             total = total + logabsdet
         return z, total
 
     def get_config(self) -> dict[str, Any]:
-        return {"transforms": [serialize(t) for t in self.transforms]}
+        return {"transforms": [serialize(cast(Transform, t)) for t in self.transforms]}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Composite":

@@ -44,6 +44,9 @@ class InvertibleBatchNorm(Transform):
         (True, True)
     """
 
+    running_mean: Tensor
+    running_var: Tensor
+
     def __init__(self, features: int, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()
         self.features = features

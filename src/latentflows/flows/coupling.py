@@ -102,6 +102,11 @@ class Coupling(Transform):
         True
     """
 
+    identity_index: Tensor
+    transformed_index: Tensor
+    restore_order: Tensor
+    split_order: Tensor
+
     def __init__(self, features: int, mask: str | Sequence[bool] = "alternate",
                  bijection: ElementwiseBijection | dict | None = None, conditioner: dict | None = None,
                  context_size: int = 0, flip: bool = False):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Size, Tensor, nn
@@ -18,6 +18,9 @@ from torch.distributions import Distribution, constraints
 
 from ..errors import ArgumentError
 from ..registry import Configurable, register
+
+if TYPE_CHECKING:
+    from .base import Transform
 
 
 def check_sampling(n: int | None = None, temperature: float | None = None) -> None:
@@ -86,6 +89,8 @@ class StandardNormal(BaseDistribution):
         -1.8379
     """
 
+    _reference: Tensor
+
     def __init__(self, features: int):
         super().__init__()
         self.features = features
@@ -133,7 +138,7 @@ class FlowDistribution(Distribution):
     support = constraints.real_vector
     has_rsample = True
 
-    def __init__(self, transform: nn.Module, base: BaseDistribution, context: Tensor | None = None,
+    def __init__(self, transform: Transform, base: BaseDistribution, context: Tensor | None = None,
                  temperature: float = 1.0):
         check_sampling(temperature=temperature)
         self.transform, self.base, self.context, self.temperature = transform, base, context, temperature
@@ -151,21 +156,21 @@ class FlowDistribution(Distribution):
         z, logabsdet = self.transform(x.reshape(-1, x.shape[-1]), self._contexts(leading))
         return (self.base.log_prob(z) + logabsdet).reshape(leading)
 
-    def rsample_and_log_prob(self, sample_shape: Size | tuple = (), generator: torch.Generator | None = None
+    def rsample_and_log_prob(self, sample_shape: Size | list[int] | tuple[int, ...] = (), generator: torch.Generator | None = None
                              ) -> tuple[Tensor, Tensor]:
         leading = Size(sample_shape) + self.batch_shape
         z = self.base.sample((leading.numel(),), generator, self.temperature)
         x, logabsdet = self.transform.inverse(z, self._contexts(leading))
         return x.reshape(*leading, -1), (self.base.log_prob(z) - logabsdet).reshape(leading)
 
-    def rsample(self, sample_shape: Size | tuple = (), generator: torch.Generator | None = None) -> Tensor:
+    def rsample(self, sample_shape: Size | list[int] | tuple[int, ...] = (), generator: torch.Generator | None = None) -> Tensor:
         return self.rsample_and_log_prob(sample_shape, generator)[0]
 
     @torch.no_grad()
-    def sample(self, sample_shape: Size | tuple = (), generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, sample_shape: Size | list[int] | tuple[int, ...] = (), generator: torch.Generator | None = None) -> Tensor:
         return self.rsample(sample_shape, generator)
 
     @torch.no_grad()
-    def sample_and_log_prob(self, sample_shape: Size | tuple = (), generator: torch.Generator | None = None
+    def sample_and_log_prob(self, sample_shape: Size | list[int] | tuple[int, ...] = (), generator: torch.Generator | None = None
                             ) -> tuple[Tensor, Tensor]:
         return self.rsample_and_log_prob(sample_shape, generator)

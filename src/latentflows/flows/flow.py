@@ -7,7 +7,7 @@ Called with a context, a flow returns the distribution it defines,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -136,9 +136,13 @@ class StandardizedFlow(Flow):
     @property
     def head(self) -> Transform | None:
         """The fixed standardization at the head, if any."""
-        return self.transform.transforms[0] if self.standardize else None
+        return self._layers()[0] if self.standardize else None
 
     @property
     def body(self) -> Transform:
         """The trainable layers after the head (shares their parameters)."""
-        return Composite(list(self.transform.transforms)[1:]) if self.standardize else self.transform
+        return Composite(self._layers()[1:]) if self.standardize else self.transform
+
+    def _layers(self) -> list[Transform]:
+        # a standardized flow's transform is a Composite of Transforms (see the subclasses)
+        return cast("list[Transform]", list(cast(Composite, self.transform).transforms))

@@ -52,6 +52,8 @@ class ActNorm(Transform):
         (True, -0.6931)
     """
 
+    initialized: Tensor
+
     def __init__(self, features: int, eps: float = 1e-6):
         super().__init__()
         self.features, self.eps = features, eps
@@ -130,6 +132,12 @@ class LULinear(Transform):
         >>> torch.allclose(layer.weight() @ layer.weight().T, torch.eye(3), atol=1e-5)   # orthogonal at init
         True
     """
+
+    lower_index: Tensor
+    upper_index: Tensor
+    permutation: Tensor
+    inverse_permutation: Tensor
+    sign: Tensor
 
     def __init__(self, features: int, init: str = "orthogonal", seed: int = 0, bias: bool = True):
         super().__init__()
@@ -224,6 +232,8 @@ class ContextAffine(Transform):
         >>> [round(v, 4) for v in z.flatten().tolist()], torch.allclose(layer.inverse(z, context)[0], x, atol=1e-6)
         ([-1.0, 1.0, -1.0, 1.0], True)
     """
+
+    initialized: Tensor
 
     def __init__(self, features: int, context_size: int = 0, eps: float = 1e-6):
         super().__init__()

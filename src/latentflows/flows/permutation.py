@@ -60,6 +60,9 @@ class RandomPermutation(Transform):
         ([1.0, 2.0, 3.0], [[1.0, 2.0, 3.0]], [0.0])
     """
 
+    permutation: Tensor
+    inverse_permutation: Tensor
+
     def __init__(self, features: int, seed: int = 0):
         super().__init__()
         self.features = features

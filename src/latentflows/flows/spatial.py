@@ -108,6 +108,10 @@ class ConvConditioner(nn.Module, Configurable):
         torch.Size([3, 2, 8])
     """
 
+    identity_index: Tensor
+    transformed_index: Tensor
+    mask_map: Tensor
+
     def __init__(self, in_features: int, features: int, params_per_feature: int, shape: Sequence[int],
                  mask: str = "checkerboard", flip: bool = False, hidden: int = 64, blocks: int = 1):
         super().__init__()

@@ -32,6 +32,9 @@ class Standardize(Transform):
         ([[1.0, 1.0]], -2.0794)
     """
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, features: int, mean: Tensor | None = None, std: Tensor | None = None):
         super().__init__()
         self.features = features
@@ -95,6 +98,10 @@ class ClassWhitening(Transform):
         >>> [round(v, 4) for v in z.mean(0).tolist()], torch.allclose(layer.inverse(z, context)[0], x, atol=1e-5)
         ([0.0, 0.0], True)
     """
+
+    mean: Tensor
+    cholesky: Tensor
+    whitening: Tensor
 
     def __init__(self, features: int, classes: int, shrinkage: float = 0.05):
         super().__init__()

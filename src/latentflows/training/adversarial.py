@@ -153,6 +153,8 @@ class Adversarial(Term):
         ['loss', 'discriminator']
     """
 
+    steps: Tensor
+
     def __init__(self, weight: float = 0.1, start: int = 2000, width: int = 32, layers: int = 3,
                  augment: bool = True, adaptive: bool = True, target: str = "discriminator"):
         super().__init__(weight, target)

@@ -9,7 +9,7 @@ saved model: it only shapes the loss.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,8 @@ class Perceptual(Term):
         0.0
     """
 
+    network: Any  # an EfficientNetLite-like module with ``feature_maps``, set outside the module tree
+
     def __init__(self, weight: float = 1.0, variant: int = 0, stages: Sequence[int] = (0, 1, 2, 3),
                  resolution: int | None = None, target: str = "loss", network: nn.Module | None = None):
         super().__init__(weight, target)
@@ -84,7 +86,7 @@ class Perceptual(Term):
         with torch.no_grad():  # the photos' features need no backward pass
             targets = self.network.feature_maps(self._resize(real), self.stages, resize=False)
         maps = self.network.feature_maps(self._resize(fake), self.stages, resize=False)
-        return sum(normalized_distance(t, m) for t, m in zip(targets, maps)).mean()
+        return cast(Tensor, sum(normalized_distance(t, m) for t, m in zip(targets, maps))).mean()
 
     def _resize(self, images: Tensor) -> Tensor:
         if self.resolution is None or images.shape[-1] == self.resolution:

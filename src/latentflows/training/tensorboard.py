@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, cast
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from ..runs import RunFolder
 from .callbacks import Callback, EpochRecord
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..flows import Flow
     from ..config import RunConfig
     from .stages import StageContext
     from .trainer import Trainer
@@ -183,11 +184,12 @@ class TensorBoardLogger(Callback):
         from ..plots import image_grid
 
         rows = None
-        if isinstance(getattr(model, "flow", None), nn.Module):
-            rows = self._samples(model.flow)
+        flow, autoencoder = getattr(model, "flow", None), getattr(model, "autoencoder", None)
+        if isinstance(flow, nn.Module):
+            rows = self._samples(flow)
             tag = f"{stage}/samples"
-        elif isinstance(getattr(model, "autoencoder", None), nn.Module):
-            rows = self._reconstructions(model.autoencoder)
+        elif isinstance(autoencoder, nn.Module):
+            rows = self._reconstructions(autoencoder)
             tag = f"{stage}/reconstructions"
         if rows:
             grid = np.asarray(image_grid(rows))
@@ -196,11 +198,13 @@ class TensorBoardLogger(Callback):
     def _reconstructions(self, autoencoder: nn.Module) -> list[Tensor]:
         from ..autoencoder import class_context, decode_embeddings, encode_images
 
+        assert self.context is not None  # images are written only with a stage context (see on_epoch_end)
         if self._validation is None:  # the same images every time, as in the run's figures
             val_set = self.context.val_set
             pick = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(self.context.seed))
             self._validation = val_set.images[pick[: self.columns]].cpu()
             self._validation_labels = val_set.labels[pick[: self.columns]].cpu()
+        assert self._validation_labels is not None  # set with self._validation
         context = class_context(autoencoder, self._validation_labels.to(next(autoencoder.parameters()).device))
         # each restores the autoencoder's mode; decoded as the trained pipeline will decode
         embeddings = encode_images(autoencoder, self._validation)
@@ -211,11 +215,12 @@ class TensorBoardLogger(Callback):
     def _samples(self, flow: nn.Module) -> list[Tensor] | None:
         from ..pipeline import LatentFlowPipeline
 
+        assert self.context is not None  # images are written only with a stage context (see on_epoch_end)
         autoencoder = self.context.models.get("autoencoder")
         if autoencoder is None:
             return None
         # generate restores the modes; it decodes as the trained pipeline will
-        pipeline = LatentFlowPipeline(autoencoder, flow, self.context.class_names, precision=self.context.runtime.precision)
+        pipeline = LatentFlowPipeline(autoencoder, cast("Flow", flow), self.context.class_names, precision=self.context.runtime.precision)
         return [pipeline.generate(name, self.columns, seed=self.context.seed + k).images
                 for k, name in enumerate(self.context.class_names[: self.max_classes])]
 
