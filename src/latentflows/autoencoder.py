@@ -10,13 +10,16 @@ large images (see the two classes' notes on size).
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from .registry import Configurable, register
 from .runtime import evaluation_mode
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data import MappedImages
 
 
 def to_signed_unit(images: Tensor) -> Tensor:
@@ -177,7 +180,7 @@ class ResidualBlock(nn.Module):
             nn.GroupNorm(groups, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1))
         output = cast(nn.Conv2d, self.body[-1])
         nn.init.zeros_(output.weight)
-        nn.init.zeros_(output.bias)
+        nn.init.zeros_(cast(Tensor, output.bias))  # Conv2d has a bias unless told otherwise
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
@@ -383,17 +386,18 @@ class SpatialAutoencoder(nn.Module, Configurable):
 
 
 @torch.no_grad()
-def encode_images(autoencoder: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
+def encode_images(autoencoder: nn.Module, images: Tensor | MappedImages, batch_size: int = 256) -> Tensor:
     """uint8 images -> embeddings, in batches, in eval mode (the mode found is restored).
 
     Images are moved to the autoencoder's device batch by batch, so a data set on the CPU
     never has to fit on the GPU.
     """
     device = next(autoencoder.parameters()).device
+    model: Any = autoencoder  # any registered autoencoder: encode and embedding_dim, duck-typed
     with evaluation_mode(autoencoder):
-        parts = [autoencoder.encode(to_signed_unit(images[i : i + batch_size].to(device)))
+        parts = [model.encode(to_signed_unit(images[i : i + batch_size].to(device)))
                  for i in range(0, len(images), batch_size)]
-    return torch.cat(parts) if parts else torch.empty(0, autoencoder.embedding_dim, device=device)
+    return torch.cat(parts) if parts else torch.empty(0, model.embedding_dim, device=device)
 
 
 @torch.no_grad()
@@ -401,8 +405,9 @@ def decode_embeddings(autoencoder: nn.Module, embeddings: Tensor, batch_size: in
                       context: Tensor | None = None) -> Tensor:
     """Embeddings (and, for a class-conditional decoder, their one-hot classes) -> uint8 images
     on the CPU, in batches, in eval mode (the mode found is restored)."""
+    model: Any = autoencoder  # any registered autoencoder: decode, duck-typed
     with evaluation_mode(autoencoder):
-        parts = [to_uint8(autoencoder.decode(embeddings[i : i + batch_size],
+        parts = [to_uint8(model.decode(embeddings[i : i + batch_size],
                                              None if context is None else context[i : i + batch_size]).float()).cpu()
                  for i in range(0, len(embeddings), batch_size)]
     return torch.cat(parts)
@@ -418,7 +423,7 @@ def class_context(autoencoder: nn.Module, labels: Tensor) -> Tensor | None:
     one-hot rows for a class-conditional decoder, None for any other."""
     if not is_class_conditional(autoencoder):
         return None
-    return nn.functional.one_hot(labels, autoencoder.classes).float()
+    return nn.functional.one_hot(labels, int(getattr(autoencoder, "classes"))).float()
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -98,7 +98,7 @@ class DistributedRuntime(Runtime):
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         for module in model.modules():
             if hasattr(module, "synchronize"):  # InvertibleBatchNorm, ActNorm, ContextAffine
-                module.synchronize = True
+                setattr(module, "synchronize", True)
         with torch.no_grad():
             for tensor in [*model.parameters(), *model.buffers()]:
                 torch.distributed.broadcast(tensor.data, src=0)

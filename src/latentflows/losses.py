@@ -272,7 +272,8 @@ class FlowNLL(Loss):
             raise ValueError(f"unit must be one of {self.UNITS}, got {unit!r}")
         self.unit = unit
 
-    def forward(self, flow: Flow, x: Tensor, context: Tensor | None = None,
+    # called as loss(flow, x, context) by design (see above): not Loss's (target, prediction)
+    def forward(self, flow: Flow, x: Tensor, context: Tensor | None = None,  # type: ignore[override]
                 sample_weight: Tensor | None = None) -> Tensor:
         return reduce(self.from_log_prob(flow.log_prob(x, context), x.shape[1]), sample_weight, self.reduction)
 

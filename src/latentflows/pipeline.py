@@ -259,7 +259,7 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
         return pipeline.to(resolve_device(device)).eval()
 
     # ------------------------------------------------------------------ the Hugging Face Hub (ModelHubMixin)
-    def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None, repo_id: str | None = None,
+    def save_pretrained(self, save_directory: str | Path, *, config: Any = None, repo_id: str | None = None,
                         push_to_hub: bool = False, model_card_kwargs: dict[str, Any] | None = None,
                         **push_to_hub_kwargs: Any) -> str | None:
         """Write ``config.json`` and ``model.safetensors`` (as ``save``) and a model card ``README.md``
@@ -344,7 +344,7 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
                              token=token, cache_dir=cache_dir, force_download=force_download, files=MODEL_FILES)
         return cls._read_run(folder, device, precision)
 
-    def push_to_hub(self, repo_id: str, *, config: dict | None = None,
+    def push_to_hub(self, repo_id: str, *, config: Any = None,
                     commit_message: str = "Upload latentflows pipeline", private: bool | None = None,
                     token: str | None = None, branch: str | None = None, create_pr: bool | None = None,
                     allow_patterns: list[str] | str | None = None, ignore_patterns: list[str] | str | None = None,

@@ -11,7 +11,7 @@ in a run config.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, cast
 
 from .errors import UnknownComponentError
 
@@ -163,7 +163,7 @@ class Configurable:
         return cls(**config)
 
 
-def serialize(component: Configurable) -> dict[str, Any]:
+def serialize(component: object) -> dict[str, Any]:
     """``{"class": name, "config": {...}}`` for a registered component."""
     klass = type(component)
     name = getattr(klass, "registered_name", None)
@@ -172,7 +172,7 @@ def serialize(component: Configurable) -> dict[str, Any]:
             f"{_qualified(klass)} is not registered, so it cannot be saved by name: "
             "decorate it with @latentflows.register"
         )
-    return {"class": name, "config": component.get_config()}
+    return {"class": name, "config": cast(Configurable, component).get_config()}
 
 
 def is_spec(value: Any) -> bool:

@@ -13,6 +13,7 @@ per epoch and stage), ``figures/``, ``checkpoints/`` while training, and after
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ class RunFolder:
     CHECKPOINTS, FIGURES, CLASSIFIER, EVAL = "checkpoints", "figures", "classifier", "eval.json"
     TENSORBOARD = "tensorboard"  # event files of train --log tensorboard
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
 
     def __truediv__(self, name: str) -> Path:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from typing import Any, ContextManager, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Sequence
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data import MappedImages
 
 # fp16 trains with loss scaling (a GradScaler); bf16 has fp32's range and needs none
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -243,7 +246,7 @@ class Runtime:
         """The batch's tensors on this device (no copy when they are already there)."""
         return tuple(t.to(self.device, non_blocking=True) for t in batch)
 
-    def place(self, tensors: Sequence[Tensor]) -> list[Tensor]:
+    def place(self, tensors: Sequence[Tensor | MappedImages]) -> list[Tensor | MappedImages]:
         """A data set's tensors where batches are cut from: copied to a GPU once when they
         take at most a quarter of its memory (a step then reads no host memory), else left
         where they are (host memory, or a memory-mapped file), each batch moved as it is cut."""

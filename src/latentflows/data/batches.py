@@ -13,6 +13,8 @@ from typing import Iterable, Iterator, Sequence, TypeVar
 import torch
 from torch import Tensor
 
+from .mapped import MappedImages
+
 T = TypeVar("T")
 
 
@@ -40,7 +42,7 @@ class Batches:
         [4, 4, 2]
     """
 
-    def __init__(self, tensors: Sequence[Tensor], batch_size: int, shuffle: bool = False,
+    def __init__(self, tensors: Sequence[Tensor | MappedImages], batch_size: int, shuffle: bool = False,
                  seed: int = 0, drop_last: bool = False, prefetch: int | None = None):
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")

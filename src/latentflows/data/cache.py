@@ -37,7 +37,7 @@ from .mapped import MappedImages
 try:
     import fcntl
 except ImportError:  # Windows: decoding the same source from two processes at once is not guarded
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # mypy types the name as the module, which is missing here
 
 CACHE_ENTRIES = 8  # most recently used decoded sources kept on disk ($LATENTFLOWS_CACHE_ENTRIES)
 CACHE_FORMAT, CACHE_FORMAT_VERSION = "latentflows-image-cache", 2
@@ -333,7 +333,7 @@ class _CacheWriter:
 
 
 def _write_all(handle: int, array: np.ndarray, offset: int) -> None:
-    view = memoryview(array.reshape(-1)).cast("B")
+    view = array.reshape(-1).data.cast("B")  # ndarray.data: the array's memoryview
     while view.nbytes:
         if hasattr(os, "pwrite"):
             written = os.pwrite(handle, view, offset)

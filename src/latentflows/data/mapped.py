@@ -271,7 +271,7 @@ class _RowFile:
         return out
 
     def _read_into(self, buffers: list[np.ndarray], offset: int) -> None:
-        views = [memoryview(b).cast("B") for b in buffers]
+        views = [b.data.cast("B") for b in buffers]  # ndarray.data: the array's memoryview
         done = os.preadv(self.fd, views, offset) if hasattr(os, "preadv") else 0
         if done == sum(v.nbytes for v in views):
             return

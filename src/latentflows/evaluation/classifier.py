@@ -119,7 +119,7 @@ def _augment(images: Tensor) -> Tensor:
     return torch.where(blur, gaussian_blur(images, sigma), images)
 
 
-def _classification_loss(model: ImageClassifier, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
+def _classification_loss(model: nn.Module, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
     images, labels = batch
     if model.training:
         images = _augment(images)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Iterator
+from typing import Iterator, cast
 
 import torch
 from torch import Tensor, nn
@@ -77,7 +77,8 @@ def reconstruction_quality(originals: Tensor, reconstructions: Tensor, batch_siz
         count += real.numel()
         psnr.update(fake.float() / 255, real.float() / 255)
         ssim.update(fake.float() / 255, real.float() / 255)
-    return {"mse": squared / count, "psnr_db": float(psnr.compute()), "ssim": float(ssim.compute())}
+    return {"mse": squared / count, "psnr_db": float(psnr.compute()),
+            "ssim": float(cast(Tensor, ssim.compute()))}  # torchmetrics types compute() loosely
 
 
 def nll_summary(log_prob: Tensor, dim: int) -> dict[str, float]:

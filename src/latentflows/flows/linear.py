@@ -138,6 +138,7 @@ class LULinear(Transform):
     permutation: Tensor
     inverse_permutation: Tensor
     sign: Tensor
+    bias: Tensor | None
 
     def __init__(self, features: int, init: str = "orthogonal", seed: int = 0, bias: bool = True):
         super().__init__()

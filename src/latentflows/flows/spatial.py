@@ -13,7 +13,7 @@ grid is a view inside the conditioner.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -65,7 +65,7 @@ def grid_shape(features: int, shape: Sequence[int] | None) -> tuple[int, int, in
     shape = tuple(int(v) for v in shape)
     if len(shape) != 3 or shape[0] * shape[1] * shape[2] != features or min(shape) < 1:
         raise ValueError(f"latent_shape {list(shape)} does not hold {features} features as [C, H, W]")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 class _ConvResidualBlock(nn.Module):
@@ -134,7 +134,7 @@ class ConvConditioner(nn.Module, Configurable):
         layers += [_ConvResidualBlock(self.hidden) for _ in range(self.blocks)]
         output = nn.Conv2d(self.hidden, params_per_feature * channels, 3, padding=1)
         nn.init.zeros_(output.weight)
-        nn.init.zeros_(output.bias)
+        nn.init.zeros_(cast(Tensor, output.bias))  # Conv2d has a bias unless told otherwise
         self.net = nn.Sequential(*layers, output)
 
     def forward(self, inputs: Tensor) -> Tensor:

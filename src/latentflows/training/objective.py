@@ -9,7 +9,7 @@ every term under its own name. A new loss term is one registered subclass of ``T
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 from torch import Tensor, nn
 
@@ -55,7 +55,7 @@ class Term(nn.Module, Configurable):
         """Learn the sizes of the stage's data before training (``embedding_dim``, ``classes``,
         ``image_size``): a term with its own layers (a class head) builds them here."""
 
-    def forward(self, outputs: dict[str, Any]) -> Tensor:
+    def forward(self, outputs: dict[str, Any]) -> Tensor | dict[str, Tensor]:
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
@@ -176,7 +176,7 @@ class Objective(nn.Module):
         totals: dict[str, Tensor] = {}
         shown: dict[str, Tensor] = {}
         outputs = {**outputs, "totals": totals}
-        for name, term in self.terms.items():
+        for name, term in self.named_terms():
             value = term(outputs)
             parts = value if isinstance(value, dict) else {term.target: value}
             for target, part in parts.items():
@@ -184,8 +184,8 @@ class Objective(nn.Module):
                 weighted = part if term.weight == 1.0 or isinstance(value, dict) else term.weight * part
                 totals[target] = weighted if target not in totals else totals[target] + weighted
                 shown[f"{name}_{target}" if isinstance(value, dict) else name] = part.detach()
-        for name, term in self.terms.items():
-            alone = sum(t.target == term.target for t in self.terms.values()) == 1
+        for name, term in self.named_terms():
+            alone = sum(t.target == term.target for _, t in self.named_terms()) == 1
             if alone and term.weight == 1.0 and name in shown:
                 shown.pop(name)
         return {**totals, **shown}
@@ -193,6 +193,10 @@ class Objective(nn.Module):
     def parameters_of(self, target: str) -> list[nn.Parameter]:
         """Trainable parameters of the terms that add to ``target``."""
         return [p for term in self.terms.values() if term.target == target for p in term.parameters()]
+
+    def named_terms(self) -> list[tuple[str, Term]]:
+        """``self.terms`` with their type (an ``nn.ModuleDict`` yields plain modules)."""
+        return [(name, cast(Term, term)) for name, term in self.terms.items()]
 
     def specs(self) -> dict[str, dict]:
         return {name: serialize(term) for name, term in self.terms.items()}

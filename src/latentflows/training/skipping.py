@@ -12,6 +12,7 @@ against the installed torch and fails loudly when it changes.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -44,11 +45,12 @@ def step_unless(optimizer: torch.optim.Optimizer, skip: Tensor) -> None:
         >>> step_unless(optimizer, torch.tensor(False)); round(w.item(), 4)
         0.5
     """
-    optimizer.grad_scale, optimizer.found_inf = None, skip.float()
+    fused: Any = optimizer  # grad_scale/found_inf: read by a fused step, absent from torch's Optimizer type
+    fused.grad_scale, fused.found_inf = None, skip.float()
     try:
         optimizer.step()
     finally:
-        del optimizer.grad_scale, optimizer.found_inf
+        del fused.grad_scale, fused.found_inf
 
 
 def poison_gradients(parameters: Iterable[nn.Parameter], finite: Tensor) -> None:

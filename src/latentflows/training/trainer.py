@@ -14,7 +14,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +29,7 @@ from .callbacks import Callback, EpochRecord, unprefix
 from .interrupts import raise_pending_interrupt, remembered_interrupts
 from .skipping import poison_gradients, skips_on_device, step_unless
 
-LossFn = Callable[[nn.Module, tuple[Tensor, ...]], dict[str, Tensor]]
+LossFn = Callable[[nn.Module, tuple[Tensor, ...]], dict[str, Any]]  # losses, and optionally "metric_inputs"
 
 
 class NonFiniteLossError(LatentflowsError):
@@ -151,7 +151,7 @@ class Trainer:
         self._skipped = self.runtime.tensor(0)  # skipped steps this epoch
         self._steps = 0
         self.last_step_finite: Tensor | None = None  # a device flag: whether the last step was applied
-        self.train_batches = None
+        self.train_batches: Iterable[tuple[Tensor, ...]] | None = None
         self.history: list[EpochRecord] = []
         self.stop_training = False
         self._step = torch.compile(self._forward_backward) if compile else self._forward_backward
@@ -380,9 +380,9 @@ class Trainer:
             record = EpochRecord(self.stage, epoch, train, val, time.perf_counter() - started)
             self.history.append(record)
             if self.progress:
-                shown = " ".join(f"{k}={v:.4f}" for k, v in train.items())
-                shown += "".join(f" val_{k}={v:.4f}" for k, v in val.items())
-                print(f"{self.stage}{self._precision_tag} epoch {epoch}/{epochs} {shown} ({record.seconds:.1f}s)",
+                line = " ".join(f"{k}={v:.4f}" for k, v in train.items())
+                line += "".join(f" val_{k}={v:.4f}" for k, v in val.items())
+                print(f"{self.stage}{self._precision_tag} epoch {epoch}/{epochs} {line} ({record.seconds:.1f}s)",
                       file=sys.stderr)
             for callback in self.callbacks:
                 callback.on_epoch_end(self, record)
@@ -434,7 +434,7 @@ def supervised(loss: Callable[[Tensor, Tensor], Tensor]) -> LossFn:
         1.0
     """
 
-    def loss_fn(model: nn.Module, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
+    def loss_fn(model: nn.Module, batch: tuple[Tensor, ...]) -> dict[str, Any]:
         *inputs, target = batch
         prediction = model(*inputs)
         return {"loss": loss(target, prediction), "metric_inputs": (prediction, target)}
