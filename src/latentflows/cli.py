@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from .config import OPTIONS, PRESETS, integer, non_negative_float, parse_set, positive_float, positive_int
 from .errors import LatentflowsError, MissingModuleError
@@ -382,13 +382,14 @@ def _check_png_target(path: Path, overwrite: bool) -> None:
 
 def run_info(args: argparse.Namespace) -> None:
     from .pipeline import load
+    from .registry import Configurable
     from .runs import RunFolder
 
     pipeline = load(args.run, "cpu")
     flow_parameters = sum(p.numel() for p in pipeline.flow.parameters())
     ae_parameters = sum(p.numel() for p in pipeline.autoencoder.parameters())
     info = {"run": str(args.run), "classes": pipeline.class_names,
-            "autoencoder": {**pipeline.autoencoder.get_config(), "parameters": ae_parameters},
+            "autoencoder": {**cast(Configurable, pipeline.autoencoder).get_config(), "parameters": ae_parameters},
             "flow": {**pipeline.flow.get_config(), "parameters": flow_parameters},
             "summary": pipeline.summary, "config": pipeline.config}
     rows = RunFolder(args.run).metrics()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from huggingface_hub import ModelHubMixin
@@ -29,6 +29,9 @@ from .registry import defining_modules, deserialize, recorded_module, serialize
 from .runs import RunFolder
 from .runtime import PRECISION_CHOICES, autocast_to, evaluation_mode, resolve_device, resolve_precision
 from .storage import load_safetensors, load_state_strictly, read_json, save_safetensors, write_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data import MappedImages
 
 RUN_FORMAT = "latentflows-run"
 RUN_FORMAT_VERSION = 2
@@ -123,7 +126,7 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
         return next(self.parameters()).device
 
     # ------------------------------------------------------------------ embeddings
-    def embed(self, images: Tensor, batch_size: int = 256) -> Tensor:
+    def embed(self, images: Tensor | MappedImages, batch_size: int = 256) -> Tensor:
         """uint8 images (anywhere) -> the autoencoder's embeddings (what the flow models), on its device."""
         return encode_images(self.autoencoder, images, batch_size)
 
@@ -138,7 +141,7 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
         with autocast_to(self.decode_precision, self.device):
             return decode_embeddings(self.autoencoder, embeddings.to(self.device), batch_size, context)
 
-    def reconstruct(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
+    def reconstruct(self, images: Tensor | MappedImages, labels: Tensor | None = None) -> Tensor:
         """uint8 images -> their uint8 reconstructions (a class-conditional decoder also needs
         the images' labels)."""
         return self.decode(self.embed(images), None if labels is None else self.one_hot(labels))

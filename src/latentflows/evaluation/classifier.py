@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..autoencoder import to_signed_unit
-from ..data import ImageDataset
+from ..data import ImageDataset, MappedImages
 from ..registry import Configurable, register
 from ..runtime import Runtime, as_runtime
 from ..training import Batches, StepSchedule, Trainer, adam
@@ -62,7 +62,7 @@ class ImageClassifier(nn.Module, Configurable):
         return self.features(images.contiguous(memory_format=torch.channels_last)).mean((2, 3))
 
     @torch.no_grad()
-    def predict(self, images: Tensor, batch_size: int = 512) -> Tensor:
+    def predict(self, images: Tensor | MappedImages, batch_size: int = 512) -> Tensor:
         """Class indices of ``images`` (uint8 or [-1, 1] float), in eval mode and by batches.
 
         Each batch is moved to the classifier's device (``images`` may stay on the CPU);
@@ -174,7 +174,7 @@ def train_classifier(train_set: ImageDataset, val_set: ImageDataset | None = Non
 
 
 @torch.no_grad()
-def recalibrate_batch_norm(model: nn.Module, images: Tensor, batch_size: int = 256) -> None:
+def recalibrate_batch_norm(model: nn.Module, images: Tensor | MappedImages, batch_size: int = 256) -> None:
     """Replace batch norm's running statistics with exact averages over ``images`` under the
     final weights. The running averages lag behind the weights, which in short trainings
     leaves eval-mode predictions far worse than training-mode ones.

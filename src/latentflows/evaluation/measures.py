@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Iterator, cast
+from typing import TYPE_CHECKING, Iterator, cast
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,9 @@ from torchmetrics.image.kid import KernelInceptionDistance  # exports them with 
 
 from ..autoencoder import to_signed_unit
 from ..losses import to_bits_per_dim
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..data import MappedImages
 
 
 def _float64_device(device: torch.device) -> torch.device:
@@ -42,7 +45,7 @@ def _full_float32() -> Iterator[None]:
 
 
 @torch.no_grad()
-def reconstruction_quality(originals: Tensor, reconstructions: Tensor, batch_size: int = 256,
+def reconstruction_quality(originals: Tensor | MappedImages, reconstructions: Tensor, batch_size: int = 256,
                            device: str | torch.device | None = None) -> dict[str, float]:
     """MSE on the [-1, 1] scale the autoencoder trains on; PSNR (dB, mean over images) and
     SSIM on [0, 1] pixels.
@@ -282,7 +285,7 @@ def mean_pairwise_distance(images: Tensor, batch_size: int = 512, device: str | 
 
 
 @torch.no_grad()
-def nearest_neighbours(queries: Tensor, references: Tensor, batch_size: int = 256,
+def nearest_neighbours(queries: Tensor, references: Tensor | MappedImages, batch_size: int = 256,
                        device: str | torch.device | None = None) -> tuple[Tensor, Tensor]:
     """For each query image, the pixel distance to its nearest reference image and its index.
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..data import ImageDataset
+from ..data import ImageDataset, MappedImages
 from ..errors import LatentflowsError, ModelFileError
 from ..flows import check_sampling
 from ..guidance import check_guidance
@@ -37,7 +37,7 @@ def _log(progress: bool, message: str) -> None:
 
 
 @torch.no_grad()
-def image_features(extractor: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int = 50,
+def image_features(extractor: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor | MappedImages, batch_size: int = 50,
                    device: str | torch.device | None = None) -> torch.Tensor:
     """The features of ``images``, computed by batches, as float64 on the CPU (where the
     FID/KID statistics are computed).
@@ -141,7 +141,7 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
 
     _log(progress, "evaluate: flow likelihood")
     dim = pipeline.flow.features
-    flow = {}
+    flow: dict[str, Any] = {}
     for split_name, split in (("train", train_set), ("val", val_set)):
         log_prob = pipeline.embedding_log_prob(embeddings[split_name], split.labels)
         flow[split_name] = measures.nll_summary(log_prob, dim)
@@ -263,7 +263,7 @@ def _imagenet_figures(yardstick: Any, val_set: ImageDataset, reconstructions: to
 
 
 def _feature_distances(real: torch.Tensor, fake: dict[str, torch.Tensor], val_set: ImageDataset, seed: int) -> dict:
-    result = {"per_class": {}}
+    result: dict[str, Any] = {"per_class": {}}
     for c, name in enumerate(val_set.class_names):
         chosen = val_set.labels == c
         if name in fake and int(chosen.sum()) >= 4 and len(fake[name]) >= 4:
@@ -282,13 +282,13 @@ def _conditional_fidelity(classifier: ImageClassifier, val_set: ImageDataset, re
     autoencoder lets through)."""
     real_predictions = classifier.predict(val_set.images)
     reconstructed_predictions = classifier.predict(reconstructions)
-    result = {"val_accuracy": float((real_predictions == val_set.labels).float().mean()),
+    result: dict[str, Any] = {"val_accuracy": float((real_predictions == val_set.labels).float().mean()),
               "reconstruction_accuracy": float((reconstructed_predictions == val_set.labels).float().mean()),
               "per_class": {}}
     hits, total = 0, 0
     for c, name in enumerate(names):
         chosen = val_set.labels == c
-        entry = {}
+        entry: dict[str, float] = {}
         if chosen.any():
             entry["real_recall"] = float((real_predictions[chosen] == c).float().mean())
             entry["reconstruction_recall"] = float((reconstructed_predictions[chosen] == c).float().mean())
@@ -508,13 +508,13 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
         if judge is not None and not (classifier_dir / "model.json").is_file():
             raise ModelFileError(f"{classifier_dir}: no judge classifier there (expected RUN/classifier of an "
                                  f"evaluated run)")
-        classifier = None
+        classifier: ImageClassifier | None = None
         if (classifier_dir / "model.json").exists():
-            classifier, _ = load_model(classifier_dir)
-            if not isinstance(classifier, ImageClassifier) or classifier.num_classes != len(pipeline.class_names):
+            loaded, _ = load_model(classifier_dir)
+            if not isinstance(loaded, ImageClassifier) or loaded.num_classes != len(pipeline.class_names):
                 raise ModelFileError(f"{classifier_dir}: not a classifier for this run's {len(pipeline.class_names)} "
                                      f"classes; remove it and evaluate again to train a new one")
-            classifier.to(runtime.device)
+            classifier = loaded.to(runtime.device)
         report, artefacts = evaluate(pipeline, train_set, val_set, samples_per_class=samples_per_class, seed=seed,
                                      temperature=temperature, guidance=guidance, candidates=candidates,
                                      feature_extractor=extractor, no_features_reason=fid_source,

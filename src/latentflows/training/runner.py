@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -26,6 +26,9 @@ from .callbacks import Checkpoint, EarlyStopping, JsonlLogger, read_checkpoint
 from .stages import StageContext
 from .tensorboard import IMAGES_EVERY, TensorBoardLogger, summary_writer
 from .trainer import Trainer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..flows import Flow
 
 
 def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None = None, *,
@@ -146,12 +149,13 @@ def _train_stages(dataset: ImageDataset, config: RunConfig, run: RunFolder | Non
                 context.summary[f"{name}_best_epoch"] = callback.best_epoch
     context.summary["train_seconds"] = round(time.perf_counter() - started, 1)
     context.summary["precision"] = runtime.precision  # what the autoencoder was trained in (the flow: fp32)
+    flow = cast("Flow", context.models["flow"])  # what the flow stage trained
     if len(dataset.class_names) > 1 and len(val_set):  # calibrates class guidance (latentflows.guidance)
-        with evaluation_mode(context.models["flow"]):
+        with evaluation_mode(flow):
             context.summary["posterior_temperature"] = fit_posterior_temperature(
-                context.models["flow"], encode_images(context.models["autoencoder"], val_set.images),
+                flow, encode_images(context.models["autoencoder"], val_set.images),
                 val_set.labels.to(runtime.device), len(dataset.class_names))
-    pipeline = LatentFlowPipeline(context.models["autoencoder"], context.models["flow"], dataset.class_names,
+    pipeline = LatentFlowPipeline(context.models["autoencoder"], flow, dataset.class_names,
                                   config.as_dict(), context.summary, precision=runtime.precision).eval()
     runtime.barrier()  # every process is done with the checkpoints
     if run is not None and runtime.is_main_process:

@@ -175,6 +175,8 @@ class AutoencoderTraining(nn.Module):
         ['loss']
     """
 
+    autoencoder: Any  # any registered autoencoder: encode/decode, duck-typed
+
     def __init__(self, autoencoder: nn.Module, objective: Objective, flip: bool = False, latent_noise: float = 0.0):
         super().__init__()
         self.autoencoder, self.objective, self.flip, self.latent_noise = autoencoder, objective, flip, latent_noise
@@ -241,7 +243,7 @@ class AutoencoderStage(Stage):
     def plan(self, context: StageContext) -> StagePlan:
         autoencoder = self.build_model(context.image_size, len(context.class_names))
         objective = self.objective()
-        for term in objective.terms.values():
+        for _, term in objective.named_terms():
             term.bind({"embedding_dim": autoencoder.embedding_dim, "classes": len(context.class_names),
                        "image_size": context.image_size})
         autoencoder, objective = autoencoder.to(context.runtime.device), objective.to(context.runtime.device)
