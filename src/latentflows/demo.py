@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -62,7 +63,7 @@ QUEUE_SIZE = 64  # requests waiting at most; more get "queue full"
 CAPTION = re.compile(r"^#(\d+): (-?\d+(?:\.\d+)?|-?inf|nan) nats$")
 
 
-def _gradio() -> gradio:
+def _gradio() -> ModuleType:
     """Import gradio with its analytics off (no request leaves the machine), or fail in one line."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by gradio and gradio_client when they start
     return require("gradio", "demo")
@@ -135,8 +136,8 @@ def _upscaled(image: torch.Tensor, size: int) -> Image.Image:
     return picture
 
 
-def generate_gallery(pipeline: LatentFlowPipeline, label: str, temperature: float = 1.0, seed: int = 0,
-                     count: int = 16, display_size: int = DISPLAY_SIZE,
+def generate_gallery(pipeline: LatentFlowPipeline, label: str, temperature: float = 1.0, seed: float = 0,
+                     count: float = 16, display_size: int = DISPLAY_SIZE,
                      guidance: float = 0.0) -> list[tuple[Image.Image, str]]:
     """``count`` images of class ``label`` as (upscaled image, caption) pairs, highest log-density first;
     ``guidance`` is ``LatentFlowPipeline.generate``'s class guidance.
@@ -163,7 +164,7 @@ def generate_gallery(pipeline: LatentFlowPipeline, label: str, temperature: floa
             for rank, (image, value) in enumerate(zip(samples.images, samples.log_prob.tolist()), start=1)]
 
 
-def interpolation_rows(pipeline: LatentFlowPipeline, start: str, end: str, steps: int = 8, seed: int = 0,
+def interpolation_rows(pipeline: LatentFlowPipeline, start: str, end: str, steps: float = 8, seed: float = 0,
                        temperature: float = 1.0, tile: int = STRIP_TILE) -> tuple[Image.Image, Image.Image, str]:
     """The linear and spherical walks from ``start`` to ``end``, each one picture (a row of
     ``steps`` images), and a line saying which class is at which end."""
@@ -189,7 +190,9 @@ def build_demo(pipeline: LatentFlowPipeline, display_size: int = DISPLAY_SIZE) -
     (image, caption)) and ``/interpolate`` (from, to, steps, seed, temperature -> linear row,
     spherical row, a note). Both share one queue slot and a lock, so one request runs at a time.
     """
-    gr = _gradio()
+    _gradio()
+    import gradio as gr  # already imported by _gradio (analytics off); imported here for its types
+
     lock = threading.Lock()
     names = list(pipeline.class_names)
     size = getattr(pipeline.autoencoder, "image_size", None)
@@ -238,7 +241,7 @@ def build_demo(pipeline: LatentFlowPipeline, display_size: int = DISPLAY_SIZE) -
                 walk_temperature = gr.Slider(*TEMPERATURES, value=1.0, step=0.05, label="Temperature")
             walk_button = gr.Button("Interpolate", variant="primary", elem_id="interpolate")
             note = gr.Markdown(elem_id="interpolation-note")
-            rows = {"type": "pil", "format": "png", "interactive": False, "buttons": ["download", "fullscreen"]}
+            rows: dict[str, Any] = {"type": "pil", "format": "png", "interactive": False, "buttons": ["download", "fullscreen"]}
             linear = gr.Image(label="linear: a straight line in the base space", elem_id="linear", **rows)
             spherical = gr.Image(label="spherical: keeps the norm of a typical sample", elem_id="spherical", **rows)
             walk_button.click(walk, [start, end, steps, walk_seed, walk_temperature], [linear, spherical, note],
@@ -269,7 +272,7 @@ def launch_demo(pipeline: LatentFlowPipeline, host: str | None = LOCALHOST, port
     host = host or LOCALHOST
     # no server-side rendering (a Node process), MCP server, installable app or monitoring page, whatever
     # GRADIO_* variables say; older gradio versions lack some of these options
-    extras = {"ssr_mode": False, "mcp_server": False, "pwa": False, "enable_monitoring": False}
+    extras: dict[str, Any] = {"ssr_mode": False, "mcp_server": False, "pwa": False, "enable_monitoring": False}
     accepted = inspect.signature(demo.launch).parameters
     try:
         demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=quiet,

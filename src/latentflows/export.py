@@ -48,7 +48,7 @@ import io
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +59,9 @@ from .extras import require
 from .flows import Composite, Coupling, LULinear, Transform
 from .runtime import evaluation_mode
 from .storage import atomic_write
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pipeline import LatentFlowPipeline
 
 INPUT_NAMES = ("noise", "class_one_hot")
 OUTPUT_NAMES = ("images", "log_prob")
@@ -108,6 +111,10 @@ class _FrozenLinearInverse(nn.Module):
     solves. It is a snapshot of the layer's weights when the ``Generator`` is built.
     """
 
+    matrix: Tensor
+    bias: Tensor
+    logabsdet: Tensor
+
     def __init__(self, layer: LULinear):
         super().__init__()
         with torch.no_grad():
@@ -153,7 +160,9 @@ class Generator(nn.Module):
         True
     """
 
-    def __init__(self, pipeline: nn.Module, exportable: bool = True):
+    pipeline: LatentFlowPipeline
+
+    def __init__(self, pipeline: LatentFlowPipeline, exportable: bool = True):
         super().__init__()
         flow = pipeline.flow
         classes = len(pipeline.class_names)
@@ -179,7 +188,7 @@ class Generator(nn.Module):
         if isinstance(transform, Composite):
             total = z.new_zeros(z.shape[0])
             for layer in reversed(transform.transforms):
-                z, logabsdet = self._inverse(layer, z, context)
+                z, logabsdet = self._inverse(cast(Transform, layer), z, context)
                 total = total + logabsdet
             return z, total
         key = str(id(transform))
@@ -197,14 +206,15 @@ class Generator(nn.Module):
         with evaluation_mode(self.pipeline):
             embeddings, logabsdet = self._inverse(flow.transform, noise, class_one_hot)
             log_prob = flow.base.log_prob(noise) - logabsdet
-            images = self.pipeline.autoencoder.decode(embeddings, class_one_hot)
+            decoder: Any = self.pipeline.autoencoder  # any registered autoencoder: decode, duck-typed
+            images = decoder.decode(embeddings, class_one_hot)
         return images, log_prob
 
 
 def _layers(transform: Transform) -> list[Transform]:
     """The flow's layers, nested composites flattened, in the data -> noise order."""
     if isinstance(transform, Composite):
-        return [layer for part in transform.transforms for layer in _layers(part)]
+        return [layer for part in transform.transforms for layer in _layers(cast(Transform, part))]
     return [transform]
 
 
@@ -217,14 +227,15 @@ def _describe(layer: nn.Module) -> str:
 class _OneLayer(nn.Module):
     """One flow layer's inverse (or the decoder) alone: to find which part will not export."""
 
-    def __init__(self, generator: Generator, layer: nn.Module | None):
+    def __init__(self, generator: Generator, layer: Transform | None):
         super().__init__()
         self.generator, self.layer = generator, layer
 
     def forward(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         with evaluation_mode(self.generator.pipeline):
             if self.layer is None:
-                return self.generator.pipeline.autoencoder.decode(z, context), context
+                decoder: Any = self.generator.pipeline.autoencoder  # any registered autoencoder, duck-typed
+                return decoder.decode(z, context), context
             return self.generator._inverse(self.layer, z, context)
 
 
@@ -255,7 +266,8 @@ def _trace(module: nn.Module, inputs: tuple[Tensor, Tensor], opset: int) -> byte
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks, constant per graph
         # ClassWhitening's row selection: its indices (argmax, arange) are never negative
         warnings.filterwarnings("ignore", "Exporting aten::index operator of advanced indexing", UserWarning)
-        torch.onnx.export(module, inputs, buffer, dynamo=False, opset_version=opset,
+        # the TorchScript exporter writes to a file-like object too; torch's annotation omits it
+        torch.onnx.export(module, inputs, buffer, dynamo=False, opset_version=opset,  # type: ignore[arg-type]
                           input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
                           dynamic_axes=dynamic)
     return buffer.getvalue()
@@ -264,7 +276,7 @@ def _trace(module: nn.Module, inputs: tuple[Tensor, Tensor], opset: int) -> byte
 def _unexportable(generator: Generator, inputs: tuple[Tensor, Tensor], opset: int) -> list[str]:
     """The kinds of flow layers (and the decoder) that fail to export on their own."""
     failed: dict[str, None] = {}
-    parts: list[tuple[str, nn.Module | None, Tensor]] = [
+    parts: list[tuple[str, Transform | None, Tensor]] = [
         (_describe(layer), layer, inputs[0]) for layer in _layers(generator.pipeline.flow.transform)]
     with torch.no_grad():
         parts.append((f"the decoder ({type(generator.pipeline.autoencoder).__name__})", None,
@@ -288,7 +300,7 @@ def _example(generator: Generator, batch: int, seed: int, device: torch.device) 
     return noise.to(device), one_hot.to(device)
 
 
-def check_onnx(model: str | Path | bytes, pipeline: nn.Module, batches: Sequence[int] = CHECK_BATCHES,
+def check_onnx(model: str | Path | bytes, pipeline: LatentFlowPipeline, batches: Sequence[int] = CHECK_BATCHES,
                seed: int = 0) -> dict[str, Any]:
     """Run an exported generator with onnxruntime and compare it with the pipeline in PyTorch.
 
@@ -357,7 +369,7 @@ def check_onnx(model: str | Path | bytes, pipeline: nn.Module, batches: Sequence
     return report
 
 
-def export_onnx(pipeline: nn.Module, path: str | Path, *, opset: int | None = None, check: bool = True
+def export_onnx(pipeline: LatentFlowPipeline, path: str | Path, *, opset: int | None = None, check: bool = True
                 ) -> dict[str, Any]:
     """Write the pipeline's generator (``Generator``) as an ONNX model with a dynamic batch.
 

@@ -38,8 +38,8 @@ from ..runs import RunFolder
 from .callbacks import Callback, EpochRecord
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..flows import Flow
     from ..config import RunConfig
+    from ..flows import Flow
     from .stages import StageContext
     from .trainer import Trainer
 
@@ -220,7 +220,8 @@ class TensorBoardLogger(Callback):
         if autoencoder is None:
             return None
         # generate restores the modes; it decodes as the trained pipeline will
-        pipeline = LatentFlowPipeline(autoencoder, cast("Flow", flow), self.context.class_names, precision=self.context.runtime.precision)
+        pipeline = LatentFlowPipeline(autoencoder, cast("Flow", flow), self.context.class_names,
+                                      precision=self.context.runtime.precision)
         return [pipeline.generate(name, self.columns, seed=self.context.seed + k).images
                 for k, name in enumerate(self.context.class_names[: self.max_classes])]
 
