@@ -60,7 +60,7 @@ class InvertibleBatchNorm(Transform):
         self.synchronize = False  # statistics over every process's batch (set by a DistributedRuntime)
         self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def _statistics(self, x: torch.Tensor | None):
+    def _statistics(self, x: torch.Tensor | None) -> tuple[Tensor, Tensor]:
         if not self.training:
             return self.running_mean, self.running_var
         if x is None or self.hold_statistics:
@@ -129,7 +129,7 @@ class _BatchNormalize(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, log_gamma: Tensor, beta: Tensor, eps: float):
+    def forward(ctx: Any, x: Tensor, log_gamma: Tensor, beta: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         mean = x.mean(0)
         centered = x - mean
         var = centered.square().mean(0)
@@ -144,7 +144,8 @@ class _BatchNormalize(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, dz: Tensor, dlogabsdet: Tensor, _dmean: Any, _dvar: Any):
+    def backward(ctx: Any, dz: Tensor, dlogabsdet: Tensor, _dmean: Any, _dvar: Any
+                 ) -> tuple[Tensor, Tensor, Tensor, None]:
         xhat, inv_std, gamma = ctx.saved_tensors
         n = xhat.shape[0]
         dz_sum, dz_xhat_sum = dz.sum(0), (dz * xhat).sum(0)
