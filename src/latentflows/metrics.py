@@ -21,7 +21,8 @@ class StreamingMean(Metric, Configurable):
     """Weighted mean of per-sample values: sum and count, summed across processes.
 
     The base of the metrics below: it keeps float64 totals, so the mean over many batches
-    equals the mean over all their samples. ``update(values, weight)`` adds a batch.
+    equals the mean over all their samples. ``update_values(values, weight)`` adds a batch;
+    each subclass's ``update`` (its own arguments, as torchmetrics intends) feeds it.
 
     Args:
         **kwargs: passed to ``torchmetrics.Metric``.
