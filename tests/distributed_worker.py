@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 import latentflows as lf
+from latentflows.distributed import as_runtime
 from latentflows.runs import apply_limit, run_split
-from latentflows.runtime import as_runtime
 from latentflows.storage import save_safetensors
 from latentflows.training import Trainer
 from latentflows.training.stages import StageContext

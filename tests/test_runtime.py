@@ -7,9 +7,10 @@ from torch import nn
 
 import latentflows as lf
 from latentflows.cli import main
+from latentflows.distributed import as_runtime
 from latentflows.losses import MSELoss
 from latentflows.runs import run_split
-from latentflows.runtime import Runtime, as_runtime, resolve_device
+from latentflows.runtime import Runtime, resolve_device
 from latentflows.training import Batches, NonFiniteLossError, Trainer, adam, supervised
 from latentflows.training.stages import StageContext
 

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, cast
 
 from .config import OPTIONS, PRESETS, integer, non_negative_float, parse_set, positive_float, positive_int
+from .distributed import as_runtime
 from .errors import LatentflowsError, MissingModuleError
 from .extras import require
-from .runtime import Runtime, add_compute_options, as_runtime
+from .runtime import Runtime, add_compute_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import RunConfig

@@ -142,6 +142,24 @@ class DistributedRuntime(Runtime):
         return dict(zip(names, (tensor / self.world_size).tolist()))
 
 
+def as_runtime(device: str | torch.device | Runtime | None = "auto", precision: str = "fp32",
+               deterministic: bool = False) -> Runtime:
+    """A ``Runtime`` from what an API call was given: a runtime itself, or a device name (in a
+    process started by ``accelerate launch`` or ``torchrun`` with several processes, a
+    ``DistributedRuntime``). It is here, above both classes, so that ``runtime`` never imports
+    this module.
+
+    Example:
+        >>> as_runtime("cpu", "bf16")
+        Runtime(device='cpu', precision='bf16', deterministic=False)
+    """
+    if isinstance(device, Runtime):
+        return device
+    if launched_processes() > 1:
+        return DistributedRuntime(device, precision, deterministic)
+    return Runtime(device, precision, deterministic)
+
+
 def _end_process_group(state: Any) -> None:
     state.destroy_process_group()  # a no-op when it is already gone
 

@@ -4,6 +4,7 @@ The trainer, the stages, the pipeline and the evaluation ask the ``Runtime`` to 
 data, move batches, build metrics, enter autocast and scale fp16 gradients, instead of
 deciding it themselves. A strategy over several processes (``distributed.py``) is a
 subclass, not a change to every loop: a new device option is one class in one place.
+This module knows nothing of that subclass; ``distributed.as_runtime`` picks one of the two.
 """
 
 from __future__ import annotations
@@ -357,25 +358,6 @@ class Runtime:
                     f"{torch.backends.cpu.get_cpu_capability()}: its weights will differ in the last bits "
                     "from an uninterrupted run's"]
         return []
-
-
-def as_runtime(device: str | torch.device | Runtime | None = "auto", precision: str = "fp32",
-               deterministic: bool = False) -> Runtime:
-    """A ``Runtime`` from what an API call was given: a runtime itself, or a device name (in a
-    process started by ``accelerate launch`` or ``torchrun`` with several processes, a
-    ``DistributedRuntime``).
-
-    Example:
-        >>> as_runtime("cpu", "bf16")
-        Runtime(device='cpu', precision='bf16', deterministic=False)
-    """
-    if isinstance(device, Runtime):
-        return device
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from .distributed import DistributedRuntime
-
-        return DistributedRuntime(device, precision, deterministic)
-    return Runtime(device, precision, deterministic)
 
 
 @contextlib.contextmanager

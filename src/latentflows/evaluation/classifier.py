@@ -14,8 +14,9 @@ from torch import Tensor, nn
 
 from ..autoencoder import to_signed_unit
 from ..data import ImageDataset, MappedImages
+from ..distributed import as_runtime
 from ..registry import Configurable, register
-from ..runtime import Runtime, as_runtime
+from ..runtime import Runtime
 from ..training import Batches, StepSchedule, Trainer, adam
 
 

@@ -18,11 +18,12 @@ from torch import nn
 
 from .._version import __version__
 from ..data import ImageDataset, MappedImages
+from ..distributed import as_runtime
 from ..errors import LatentflowsError, ModelFileError
 from ..flows import check_sampling
 from ..guidance import check_guidance
 from ..pipeline import LatentFlowPipeline
-from ..runtime import Runtime, as_runtime
+from ..runtime import Runtime
 from ..storage import read_json
 from . import measures
 from .classifier import ImageClassifier, train_classifier

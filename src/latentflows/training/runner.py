@@ -17,11 +17,12 @@ import torch
 from ..autoencoder import encode_images
 from ..config import RunConfig
 from ..data import ImageDataset
+from ..distributed import as_runtime
 from ..errors import LatentflowsError
 from ..guidance import fit_posterior_temperature
 from ..pipeline import LatentFlowPipeline
 from ..runs import RunFolder, run_split
-from ..runtime import Runtime, as_runtime, evaluation_mode
+from ..runtime import Runtime, evaluation_mode
 from .callbacks import Checkpoint, EarlyStopping, JsonlLogger, read_checkpoint
 from .stages import StageContext
 from .tensorboard import IMAGES_EVERY, TensorBoardLogger, summary_writer
