@@ -9,7 +9,7 @@ threshold 2.0.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -17,10 +17,13 @@ from torch import Tensor, nn
 from .errors import LatentflowsError
 from .registry import Configurable, register
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .flows import Flow
-
 REDUCTIONS = ("mean", "sum", "none")
+
+
+class Density(Protocol):
+    """What ``FlowNLL`` needs of a flow (a ``flows.Flow`` has it): this low layer does not import flows."""
+
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor: ...
 
 
 class Loss(nn.Module, Configurable):
@@ -250,7 +253,8 @@ class FocalFrequencyLoss(Loss):
 class FlowNLL(Loss):
     """Negative log-likelihood of a flow, per sample, in nats or bits per dimension.
 
-    Called as ``loss(flow, x, context)``: it evaluates ``flow.log_prob`` itself.
+    Called as ``loss(flow, x, context)``: it evaluates ``flow.log_prob(x, context)`` itself, so
+    anything with that method will do (a ``flows.Flow``: see ``Density``).
 
     Args:
         unit: ``"nats"`` or ``"bits_per_dim"``.
@@ -273,7 +277,7 @@ class FlowNLL(Loss):
         self.unit = unit
 
     # called as loss(flow, x, context) by design (see above): not Loss's (target, prediction)
-    def forward(self, flow: Flow, x: Tensor, context: Tensor | None = None,  # type: ignore[override]
+    def forward(self, flow: Density, x: Tensor, context: Tensor | None = None,  # type: ignore[override]
                 sample_weight: Tensor | None = None) -> Tensor:
         return reduce(self.from_log_prob(flow.log_prob(x, context), x.shape[1]), sample_weight, self.reduction)
 

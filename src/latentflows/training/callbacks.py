@@ -11,14 +11,11 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from torch import Tensor, nn
 
 from ..storage import load_safetensors, save_safetensors
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .trainer import Trainer
 
 CHECKPOINT_FORMAT = "latentflows-checkpoint"
 
@@ -40,6 +37,17 @@ class EpochRecord:
         return row
 
 
+class Loop(Protocol):
+    """What a callback may use of the loop that calls it (a ``Trainer``). Callbacks depend on
+    this, not on ``trainer.py``, which imports them."""
+
+    model: nn.Module
+    stage: str
+    stop_training: bool
+
+    def training_state(self) -> tuple[dict[str, Tensor], dict[str, str]]: ...
+
+
 class Callback:
     """Hooks called by ``Trainer.fit``; set ``trainer.stop_training = True`` to stop early.
 
@@ -55,10 +63,10 @@ class Callback:
     def name(self) -> str:
         return type(self).__name__
 
-    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+    def on_epoch_end(self, trainer: Loop, record: EpochRecord) -> None:
         pass
 
-    def on_train_end(self, trainer: "Trainer") -> None:
+    def on_train_end(self, trainer: Loop) -> None:
         pass
 
 
@@ -82,7 +90,7 @@ class StepSchedule(Callback):
     def __init__(self, scheduler: Any):
         self.scheduler = scheduler
 
-    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+    def on_epoch_end(self, trainer: Loop, record: EpochRecord) -> None:
         self.scheduler.step()
 
 
@@ -120,7 +128,7 @@ class CosineLearningRate(Callback):
         progress = (epoch - 1) / max(self.epochs - 1, 1)
         return self.lr * (self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
-    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+    def on_epoch_end(self, trainer: Loop, record: EpochRecord) -> None:
         for optimizer in self.optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = self.rate(record.epoch + 1)
@@ -143,7 +151,7 @@ class JsonlLogger(Callback):
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+    def on_epoch_end(self, trainer: Loop, record: EpochRecord) -> None:
         with self.path.open("a") as stream:
             stream.write(json.dumps(record.as_dict()) + "\n")
 
@@ -179,7 +187,7 @@ class Checkpoint(Callback):
             raise ValueError(f"checkpoint interval must be at least 1 epoch, got {every}")
         self.path, self.every = Path(path), every
 
-    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+    def on_epoch_end(self, trainer: Loop, record: EpochRecord) -> None:
         if record.epoch % self.every == 0:
             tensors, metadata = trainer.training_state()
             save_safetensors(self.path, tensors, CHECKPOINT_FORMAT,
@@ -229,7 +237,7 @@ class EarlyStopping(Callback):
         self.best_epoch = 0
         self.best_state: dict[str, Tensor] | None = None
 
-    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+    def on_epoch_end(self, trainer: Loop, record: EpochRecord) -> None:
         value = record.val.get(self.monitor)
         if value is None:
             raise ValueError(f"EarlyStopping monitors val {self.monitor!r}, but validation gave {sorted(record.val)}")
@@ -240,7 +248,7 @@ class EarlyStopping(Callback):
         elif record.epoch - self.best_epoch >= self.patience:
             trainer.stop_training = True
 
-    def on_train_end(self, trainer: "Trainer") -> None:
+    def on_train_end(self, trainer: Loop) -> None:
         if self.restore_best and self.best_state is not None:
             trainer.model.load_state_dict(self.best_state)
 

@@ -35,13 +35,12 @@ from torch import Tensor, nn
 
 from ..extras import require
 from ..runs import RunFolder
-from .callbacks import Callback, EpochRecord
+from .callbacks import Callback, EpochRecord, Loop
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import RunConfig
     from ..flows import Flow
     from .stages import StageContext
-    from .trainer import Trainer
 
 FOLDER = RunFolder.TENSORBOARD  # in the run folder
 IMAGES_EVERY = 5  # epochs between image grids, by default
@@ -153,7 +152,7 @@ class TensorBoardLogger(Callback):
         return self.offsets.get(stage, 0) + epoch
 
     # ------------------------------------------------------------------ callbacks
-    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+    def on_epoch_end(self, trainer: Loop, record: EpochRecord) -> None:
         step = self.step(record.stage, record.epoch)
         if step < self.first_step:  # logged before the interruption
             return
@@ -166,7 +165,7 @@ class TensorBoardLogger(Callback):
             self._write_images(record.stage, trainer.model, step)
         self.writer.flush()
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: Loop) -> None:
         stages = list(self.stage_epochs)
         if stages and trainer is not None and trainer.stage == stages[-1]:
             self._end_session()
