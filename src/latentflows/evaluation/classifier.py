@@ -17,7 +17,8 @@ from ..data import ImageDataset, MappedImages
 from ..distributed import as_runtime
 from ..registry import Configurable, register
 from ..runtime import Runtime
-from ..training import Batches, StepSchedule, Trainer, adam
+from ..training.callbacks import StepSchedule
+from ..training.trainer import Batches, Trainer, adam  # runs training/__init__ too: evaluation sits above train
 
 
 @register
