@@ -24,18 +24,15 @@ from .compat import pipeline_config_from_v1, weights_from_v1
 from .errors import LatentflowsError, MissingModuleError, ModelFileError, UnknownComponentError
 from .flows import Flow, check_sampling
 from .guidance import check_guidance, guided_sample
-from .hub import CARD_TAGS, LIBRARY_NAME, MODEL_FILES
+from .hubclient import LIBRARY_NAME, resolve_run, upload_errors
+from .modelcard import CARD_TAGS, card_text
 from .registry import defining_modules, deserialize, recorded_module, serialize
-from .runs import RunFolder
+from .runs import RUN_FORMAT, RUN_FORMAT_VERSION, WEIGHTS_FORMAT, RunFolder
 from .runtime import PRECISION_CHOICES, autocast_to, evaluation_mode, resolve_device, resolve_precision
 from .storage import load_safetensors, load_state_strictly, read_json, save_safetensors, write_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from .data import MappedImages
-
-RUN_FORMAT = "latentflows-run"
-RUN_FORMAT_VERSION = 2
-WEIGHTS_FORMAT = "latentflows-weights"
 
 
 @dataclass
@@ -266,7 +263,7 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
                         push_to_hub: bool = False, model_card_kwargs: dict[str, Any] | None = None,
                         **push_to_hub_kwargs: Any) -> str | None:
         """Write ``config.json`` and ``model.safetensors`` (as ``save``) and a model card ``README.md``
-        (``latentflows.hub.model_card``; an existing README.md is kept) into ``save_directory``.
+        (``latentflows.modelcard.model_card``; an existing README.md is kept) into ``save_directory``.
 
         Args:
             save_directory: the folder (created if needed).
@@ -289,11 +286,9 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
 
     def generate_model_card(self, *args: Any, run_dir: str | Path | None = None, repo_id: str | None = None,
                             **kwargs: Any) -> Any:
-        """Our model card (not the mixin's): ``latentflows.hub.card_text`` for this pipeline, showing
+        """Our model card (not the mixin's): ``latentflows.modelcard.card_text`` for this pipeline, showing
         ``run_dir``'s samples picture and evaluation when it has them."""
         from huggingface_hub import ModelCard
-
-        from .hub import card_text
 
         return ModelCard(card_text(self.saved_config(), run_dir, repo_id=repo_id))
 
@@ -339,12 +334,10 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
             >>> torch.equal(loaded.generate("cat", 2).images, pipeline.generate("cat", 2).images)
             True
         """
-        from .hub import resolve_run
-
         if model_kwargs:  # the mixin's signature, none of its model arguments: config.json holds them all
             raise TypeError(f"from_pretrained() got unexpected keyword argument(s): {', '.join(sorted(model_kwargs))}")
         folder = resolve_run(pretrained_model_name_or_path, download=not local_files_only, revision=revision,
-                             token=token, cache_dir=cache_dir, force_download=force_download, files=MODEL_FILES)
+                             token=token, cache_dir=cache_dir, force_download=force_download, files=RunFolder.MODEL_FILES)
         return cls._read_run(folder, device, precision)
 
     def push_to_hub(self, repo_id: str, *, config: Any = None,
@@ -360,8 +353,6 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
         (``latentflows push RUN owner/name``) uploads those too. Failures are one line
         (``LatentflowsError``). Arguments as ``huggingface_hub.ModelHubMixin.push_to_hub``.
         """
-        from .hub import upload_errors
-
         card = {"repo_id": repo_id, **(model_card_kwargs or {})}
         with upload_errors(repo_id):
             return super().push_to_hub(repo_id, config=config, commit_message=commit_message, private=private,

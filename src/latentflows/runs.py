@@ -28,6 +28,10 @@ from .storage import read_json, write_json, write_text_atomically
 
 SETTINGS_FORMAT = "latentflows-run-settings"
 SETTINGS_VERSION = 2
+# the format tags of config.json and model.safetensors (LatentFlowPipeline.save writes them)
+RUN_FORMAT = "latentflows-run"
+RUN_FORMAT_VERSION = 2
+WEIGHTS_FORMAT = "latentflows-weights"
 
 
 def stratified_split(labels: torch.Tensor, classes: int, val_fraction: float, seed: int
@@ -91,6 +95,7 @@ class RunFolder:
     CONFIG, WEIGHTS, METRICS, SETTINGS = "config.json", "model.safetensors", "metrics.jsonl", "run.json"
     CHECKPOINTS, FIGURES, CLASSIFIER, EVAL = "checkpoints", "figures", "classifier", "eval.json"
     TENSORBOARD = "tensorboard"  # event files of train --log tensorboard
+    MODEL_FILES = (CONFIG, WEIGHTS)  # the trained pipeline: all that loading it reads
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
