@@ -53,7 +53,7 @@ class Perceptual(Term):
 
     Example:
         >>> import torch
-        >>> from latentflows.evaluation.efficientnet import EfficientNetLite
+        >>> from latentflows.efficientnet import EfficientNetLite
         >>> term = Perceptual(network=EfficientNetLite(0).eval())  # random weights, for the example
         >>> x = torch.zeros(2, 3, 32, 32)
         >>> term({"images": x, "reconstruction": x}).item()
@@ -67,7 +67,7 @@ class Perceptual(Term):
         super().__init__(weight, target)
         self.variant, self.stages, self.resolution = variant, [int(s) for s in stages], resolution
         if network is None:
-            from ..evaluation.efficientnet import load_efficientnet_lite
+            from ..efficientnet import load_efficientnet_lite
 
             network = load_efficientnet_lite(variant)
         network.eval().requires_grad_(False)
