@@ -12,13 +12,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Sequence
+from typing import Any, ContextManager, Iterator, Protocol, Sequence, TypeVar
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .data import MappedImages
 
 # fp16 trains with loss scaling (a GradScaler); bf16 has fp32's range and needs none
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -27,6 +24,20 @@ PRECISION_CHOICES = ("auto", *PRECISIONS)
 DEVICE_HELP = "auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps"
 # data sets up to this share of a GPU's memory are copied there once, so a step reads no host memory
 DEVICE_DATA_SHARE = 0.25
+
+
+class Placeable(Protocol):
+    """What ``Runtime.place`` asks of a data set's array: a ``Tensor``, or a ``data.MappedImages``
+    (this low layer names no type of the data layer above it)."""
+
+    def numel(self) -> int: ...
+
+    def element_size(self) -> int: ...
+
+    def to(self, device: torch.device) -> Tensor: ...
+
+
+ArrayT = TypeVar("ArrayT", bound=Placeable)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -247,17 +258,17 @@ class Runtime:
         """The batch's tensors on this device (no copy when they are already there)."""
         return tuple(t.to(self.device, non_blocking=True) for t in batch)
 
-    def place(self, tensors: Sequence[Tensor | MappedImages]) -> list[Tensor | MappedImages]:
+    def place(self, tensors: Sequence[ArrayT]) -> list[ArrayT | Tensor]:
         """A data set's tensors where batches are cut from: copied to a GPU once when they
         take at most a quarter of its memory (a step then reads no host memory), else left
         where they are (host memory, or a memory-mapped file), each batch moved as it is cut."""
-        tensors = list(tensors)
+        placed: list[ArrayT | Tensor] = list(tensors)
         if self.device.type == "cpu":
-            return tensors
+            return placed
         size = sum(t.numel() * t.element_size() for t in tensors)
         if self.device.type == "meta" or size <= DEVICE_DATA_SHARE * self.memory_bytes():
             return [t.to(self.device) for t in tensors]
-        return tensors
+        return placed
 
     def memory_bytes(self) -> int:
         """Memory of this device (the CPU: 0, as nothing needs placing there)."""
