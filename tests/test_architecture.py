@@ -1,8 +1,7 @@
 """The extension points: a new bijection or loss term from this file alone, trained through the
 config and the CLI; runs of format 1 still load; updates reach only their own parameters;
-and the structural rules (no import cycles, one split, one bits-per-dim conversion)."""
+and the structural rules (one split, one bits-per-dim conversion; the import rules are test_imports.py)."""
 
-import ast
 import json
 import shutil
 from pathlib import Path
@@ -192,53 +191,6 @@ def test_a_run_of_format_1_is_not_resumed_but_says_why(format_1_run, capsys):
 
 
 # ------------------------------------------------------------------ structure
-
-def _module_imports() -> dict[str, set[str]]:
-    """Module-level imports between latentflows' own modules (function-level ones are deferred)."""
-    modules = {}
-    for path in SRC.rglob("*.py"):
-        parts = path.relative_to(SRC.parent).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        modules[name] = (path, parts[-1] == "__init__")
-    graph = {}
-    for name, (path, is_package) in modules.items():
-        package = name if is_package else name.rsplit(".", 1)[0]
-        edges = set()
-        for node in ast.parse(path.read_text()).body:  # module level only
-            if isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                    target = f"{base}.{node.module}" if node.module else base
-                else:
-                    target = node.module or ""
-                submodules = [f"{target}.{alias.name}" for alias in node.names
-                              if f"{target}.{alias.name}" in modules]
-                edges.update(submodules)
-                if target in modules and len(submodules) < len(node.names):  # names defined in the module itself
-                    edges.add(target)
-            elif isinstance(node, ast.Import):
-                edges.update(alias.name for alias in node.names if alias.name in modules)
-        graph[name] = {edge for edge in edges if edge != name}
-    return graph
-
-
-def test_no_import_cycles():
-    graph = _module_imports()
-    done: set[str] = set()
-
-    def visit(node, trail):
-        for edge in sorted(graph.get(node, ())):
-            if edge in trail:
-                raise AssertionError(f"import cycle: {' -> '.join(trail[trail.index(edge):] + [edge])}")
-            if edge not in done:
-                visit(edge, trail + [edge])
-        done.add(node)
-
-    for module in sorted(graph):
-        visit(module, [module])
-    assert "latentflows.autodiff" in graph["latentflows.flows.bijections"]  # the graph sees real imports
-    assert not any(edge.startswith("latentflows.flows") for edge in graph["latentflows.autodiff"])
-
 
 def test_one_bits_per_dim_conversion_and_one_split():
     sources = {path: path.read_text() for path in SRC.rglob("*.py")}
