@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..autoencoder import to_signed_unit
-from ..data import ImageDataset, MappedImages
+from ..data import Batches, ImageDataset, MappedImages
 from ..distributed import as_runtime
 from ..registry import Configurable, register
 from ..runtime import Runtime
 from ..training.callbacks import StepSchedule
-from ..training.trainer import Batches, Trainer, adam  # runs training/__init__ too: evaluation sits above train
+from ..training.trainer import Trainer, adam  # runs training/__init__ too: evaluation sits above train
 
 
 @register
