@@ -75,8 +75,9 @@ from torch import Tensor
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from latentflows import PRESETS, LatentFlowPipeline, RunConfig, __version__
+from latentflows.cli.options import with_options
 from latentflows.runtime import DEVICE_HELP, Runtime, resolve_device
-from latentflows.training import Batches, Trainer
+from latentflows.training import Batches, Trainer, build_stages
 from latentflows.training.stages import AutoencoderTraining, FlowTraining
 
 ROWS = 6000  # in-memory images or embeddings the batches are cut from (about the embedded training split)
@@ -177,7 +178,7 @@ def feed_step(trainer: Trainer, tensors: list[Tensor], batch: int) -> Callable[[
 
 def autoencoder_step(config: RunConfig, batch: int, runtime: Runtime, compile: bool = False) -> Callable[[], None]:
     """The autoencoder stage's training step of a run config, on random uint8 images."""
-    stage = dict(config.stages())["autoencoder"]
+    stage = dict(build_stages(config))["autoencoder"]
     autoencoder = stage.build_model(IMAGE_SIZE, 2)
     objective = stage.objective()
     for term in objective.terms.values():
@@ -198,7 +199,7 @@ def embeddings(rows: int = ROWS) -> tuple[Tensor, Tensor]:
 
 def flow_step(batch: int, runtime: Runtime, compile: bool = False) -> Callable[[], None]:
     """The ``seed`` preset's flow (the notebook's architecture) trained as the flow stage does."""
-    stage = dict(PRESETS["seed"].stages())["flow"]
+    stage = dict(build_stages(PRESETS["seed"]))["flow"]
     flow = stage.build_flow(256, 2, 0).to(runtime.device)
     objective = stage.objective().to(runtime.device)
     model = FlowTraining(flow, stage.noise, objective, torch.zeros((), device=runtime.device)).train()
@@ -209,7 +210,7 @@ def flow_step(batch: int, runtime: Runtime, compile: bool = False) -> Callable[[
 
 
 def generation_step(config: RunConfig, n: int, runtime: Runtime) -> Callable[[], object]:
-    stages = dict(config.stages())
+    stages = dict(build_stages(config))
     pipeline = LatentFlowPipeline(stages["autoencoder"].build_model(IMAGE_SIZE, 2), stages["flow"].build_flow(256, 2, 0),
                                   ["cat", "dog"]).to(runtime.device).eval()
     return lambda: pipeline.generate("dog", n)
@@ -310,7 +311,7 @@ def figure(value: float | None) -> str:
 
 def compile_comparison(seconds: float, device: torch.device, runtime: Runtime) -> None:
     """Eager against torch.compile'd training steps (the ``--compile`` mode)."""
-    width32 = PRESETS["seed"].with_options(width=32)
+    width32 = with_options(PRESETS["seed"], width=32)
     for name, make, items in [("flow train, batch 32", lambda c: flow_step(32, runtime, c), 32),
                               ("flow train, batch 256", lambda c: flow_step(256, runtime, c), 256),
                               ("autoencoder train, width 32, batch 64", lambda c: autoencoder_step(width32, 64, runtime, c),

@@ -101,9 +101,10 @@ def deterministic():
 def tiny_config():
     """A training config small enough for seconds on CPU, with real data."""
     from latentflows import PRESETS
+    from latentflows.cli.options import with_options
 
-    return PRESETS["quick"].with_options(width=8, embedding_dim=64, ae_epochs=2, ae_batch_size=32, couplings=3,
-                                         hidden=[32], flow_epochs=3, flow_batch_size=64).with_values(
+    return with_options(PRESETS["quick"], width=8, embedding_dim=64, ae_epochs=2, ae_batch_size=32, couplings=3,
+                        hidden=[32], flow_epochs=3, flow_batch_size=64).with_values(
         {"stages.flow.config.patience": None})
 
 

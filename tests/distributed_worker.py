@@ -12,15 +12,16 @@ from pathlib import Path
 import torch
 
 import latentflows as lf
+from latentflows.cli.options import with_options
 from latentflows.distributed import as_runtime
 from latentflows.runs import apply_limit, run_split
 from latentflows.storage import save_safetensors
-from latentflows.training import Trainer
+from latentflows.training import Trainer, build_stages
 from latentflows.training.stages import StageContext
 
 # no per-step randomness (flips, noise): processes draw it for their own rows, one process for all
-CONFIG = lf.PRESETS["quick"].with_options(
-    width=8, embedding_dim=64, ae_epochs=1, ae_batch_size=32, couplings=2, hidden=[16], flow_epochs=2,
+CONFIG = with_options(
+    lf.PRESETS["quick"], width=8, embedding_dim=64, ae_epochs=1, ae_batch_size=32, couplings=2, hidden=[16], flow_epochs=2,
     flow_batch_size=64, flip=False, flow_noise=0.0).with_values({"stages.flow.config.patience": None})
 
 
@@ -29,7 +30,7 @@ def first_gradients(pets, runtime):
     train_set, val_set = run_split(pets, CONFIG)
     context = StageContext(train_set, val_set, runtime, seed=0, image_size=64)
     grads = {}
-    for name, stage in CONFIG.stages():
+    for name, stage in build_stages(CONFIG):
         torch.manual_seed(1)  # the same initial weights in every process, and alone
         plan = stage.plan(context)
         trainer = Trainer(plan.model, plan.updates, plan.loss_fn, runtime=runtime, progress=False)
@@ -56,7 +57,7 @@ def main(out, variant="quick"):
     tag = f"rank{runtime.rank}" if runtime.world_size > 1 else "single"
     pets = apply_limit(lf.load_images(), 200, seed=0)
     if variant == "glow":  # layers initialised from each process's own first batch
-        config = CONFIG.with_options(normalization="actnorm", mixing="lu", flow_lr=1e-4)
+        config = with_options(CONFIG, normalization="actnorm", mixing="lu", flow_lr=1e-4)
         pipeline = lf.train(pets, config, None, progress=False, figures=False, device=runtime)
         save_safetensors(f"{out}/{tag}-glow.safetensors", pipeline.state_dict(), "test")
         return

@@ -12,9 +12,10 @@ from torch import nn
 
 import latentflows as lf
 from latentflows.cli import main
+from latentflows.cli.options import with_options
 from latentflows.flows import Coupling, ElementwiseBijection, jacobian_logabsdet
 from latentflows.runs import RunFolder
-from latentflows.training import Objective, Term, Trainer, Update, adam
+from latentflows.training import Objective, Term, Trainer, Update, adam, build_stages
 
 SRC = Path(lf.__file__).resolve().parent
 FORMAT_1_RUN = Path(__file__).resolve().parent / "data" / "run-format-1"
@@ -60,7 +61,7 @@ def test_a_new_bijection_passes_the_inversion_and_jacobian_checks():
 
 
 def test_a_bijection_from_a_test_file_trains_through_the_config(small_pets, tiny_config, tmp_path):
-    config = tiny_config.with_options(bijection="test.SigmoidAffine", flow_epochs=2)
+    config = with_options(tiny_config, bijection="test.SigmoidAffine", flow_epochs=2)
     pipeline = lf.train(small_pets, config, tmp_path / "run", progress=False, figures=False)
     couplings = [m for m in pipeline.flow.modules() if isinstance(m, Coupling)]
     assert couplings and all(isinstance(c.bijection, SigmoidAffine) for c in couplings)
@@ -176,7 +177,7 @@ def test_a_run_of_format_1_loads_and_generates_what_it_did(format_1_run):
     # format 1 reported densities of standardized embeddings; now they are of the embeddings themselves
     old = torch.tensor(expected["log_prob_standardized"])
     assert torch.allclose(samples.log_prob, old - expected["embedding_std_log_sum"], atol=1e-3)
-    stage = dict(lf.RunConfig(pipeline.config).stages())["autoencoder"]
+    stage = dict(build_stages(lf.RunConfig(pipeline.config)))["autoencoder"]
     assert stage.objective().terms["reconstruction"].loss.threshold == 2.0
     assert pipeline.flow.bijection_spec["class"] == "SoftplusAffine" and not pipeline.flow.conditioner_spec[
         "config"]["shared"]
@@ -242,7 +243,7 @@ def test_flow_context_must_be_one_row_or_one_per_sample():
 
 def test_spec_valued_options_keep_their_specs():
     spec = {"class": "Additive", "config": {}}
-    config = lf.PRESETS["quick"].with_options(bijection=spec,
-                                            ae_loss={"class": "HuberLoss", "config": {"threshold": 2.0}})
+    config = with_options(lf.PRESETS["quick"], bijection=spec,
+                          ae_loss={"class": "HuberLoss", "config": {"threshold": 2.0}})
     assert config.get("stages.flow.config.model.config.bijection") == spec
     assert config.get("stages.autoencoder.config.terms.reconstruction.config.loss")["config"]["threshold"] == 2.0

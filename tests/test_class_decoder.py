@@ -10,6 +10,7 @@ import torch
 
 import latentflows as lf
 from latentflows.autoencoder import ClassConditionalNorm, SpatialAutoencoder
+from latentflows.cli.options import with_options
 from latentflows.errors import LatentflowsError
 from latentflows.evaluation import evaluate
 from latentflows.export import export_onnx
@@ -148,7 +149,7 @@ def test_a_run_with_a_class_conditional_decoder_and_frequency_term_works_end_to_
 
 
 def test_a_class_conditional_decoder_exports_to_onnx(small_pets, tiny_config, tmp_path):
-    config = tiny_config.with_options(ae_epochs=1, flow_epochs=1).with_values(
+    config = with_options(tiny_config, ae_epochs=1, flow_epochs=1).with_values(
         {"stages.autoencoder.config.model": CONDITIONAL})
     pipeline = lf.train(small_pets, config, progress=False, figures=False)
     export_onnx(pipeline, tmp_path / "generator.onnx")   # checks onnxruntime against torch itself

@@ -1,10 +1,13 @@
 import json
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from latentflows.cli import main
+import latentflows as lf
+from latentflows.cli import COMMANDS, Command, main
+from latentflows.cli.options import OPTIONS, with_options
 
 TINY = ["--width", "8", "--embedding-dim", "64", "--ae-epochs", "1", "--couplings", "2", "--hidden", "32",
         "--flow-epochs", "2", "--no-progress"]
@@ -72,7 +75,7 @@ def test_missing_run_is_a_one_line_error(tmp_path, capsys):
 @pytest.mark.parametrize("option,value,message", [
     ("--ae-loss", "l7", "unknown loss 'l7'"),
     ("--ae-loss", "huber:abc", "Huber threshold"),
-    ("--scale-fn", "cube", "scale-fn must be tanh or softplus"),
+    ("--scale-fn", "cube", "--scale-fn was removed; use --bijection TanhAffine (or SoftplusAffine)"),
     ("--mask", "checkerboard", "--mask: choose one of alternate, half"),
     ("--bijection", "NoSuchMap", "no component named 'NoSuchMap'"),
     ("--bijection", "RandomPermutation", "not an element-wise bijection"),
@@ -84,3 +87,61 @@ def test_bad_values_of_free_text_options_exit_with_code_2(tmp_path, capsys, opti
     assert main(["train", "--out", str(tmp_path / "r"), option, value]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--scale-fn", "softplus", "--scale-fn was removed; use --bijection SoftplusAffine"),
+    ("--scale-fn", "tanh", "--scale-fn was removed; use --bijection TanhAffine"),
+    ("--permute", "off", "--permute was removed; use --mixing none"),
+    ("--permute", "maybe", "--permute was removed; use --mixing permutation (or none)"),
+    ("--batch-norm", "on", "--batch-norm was removed; use --normalization batchnorm"),
+])
+def test_a_removed_flag_names_its_replacement_in_one_line(tmp_path, capsys, option, value, message):
+    assert main(["train", "--out", str(tmp_path / "r"), option, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"latentflows: error: {message}"
+    assert not (tmp_path / "r").exists()
+    assert main(["train", "--resume", str(tmp_path / "r"), option, value]) == 2  # before --resume's own checks
+    assert capsys.readouterr().err.strip() == f"latentflows: error: {message}"
+    with pytest.raises(ValueError, match=re.escape(message)):  # the same names from Python
+        with_options(lf.PRESETS["quick"], **{option[2:].replace("-", "_"): value})
+
+
+def test_the_replacements_set_what_the_removed_flags_did(capsys):
+    assert main(["train", "--show-config", "--bijection", "SoftplusAffine", "--mixing", "none",
+                 "--normalization", "none"]) == 0
+    flow = json.loads(capsys.readouterr().out)["stages"]["flow"]["config"]["model"]["config"]
+    assert flow["bijection"] == {"class": "SoftplusAffine", "config": {}}
+    assert flow["mixing"] == "none" and flow["normalization"] == "none"
+    assert "permute" not in flow and "batch_norm" not in flow
+
+
+@pytest.mark.parametrize("flags,first,second,path", [
+    (["--width", "8", "--set", "stages.autoencoder.config.model.config.width=16"], "--width", "--set",
+     "stages.autoencoder.config.model.config.width"),
+    (["--set", "stages.flow.config.epochs=3", "--set", "stages.flow.config.epochs=4"], "--set", "--set",
+     "stages.flow.config.epochs"),
+    (["--compile", "--set", "compile=false"], "--set", "--compile", "compile"),
+    (["--set", "seed=1", "--seed", "2"], "--seed", "--set", "seed"),
+])
+def test_two_flags_that_set_one_path_are_refused(tmp_path, capsys, flags, first, second, path):
+    assert main(["train", "--out", str(tmp_path / "r"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"latentflows: error: {first} and {second} both set {path}; give only one of them"
+    assert not (tmp_path / "r").exists()
+
+
+def test_one_flag_per_config_path():
+    paths = [option.path for option in OPTIONS.values()]
+    assert len(paths) == len(set(paths))
+
+
+def test_a_command_is_one_entry_in_the_table(monkeypatch, capsys):
+    hello = Command("hello", "say hello", lambda parser: parser.add_argument("--name", default="world"),
+                    lambda args: print(f"hello {args.name}"))
+    monkeypatch.setattr("latentflows.cli.app.COMMANDS", (*COMMANDS, hello))
+    assert main(["hello", "--name", "cat"]) == 0
+    assert capsys.readouterr().out == "hello cat\n"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "say hello" in capsys.readouterr().out

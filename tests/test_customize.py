@@ -9,6 +9,7 @@ from torch import nn
 
 import latentflows as lf
 from latentflows.autodiff import StableSoftplus, naive_softplus, stable_softplus
+from latentflows.cli.options import with_options
 from latentflows.contrib import Precision, SumProductRatio
 from latentflows.errors import LatentflowsError, UnknownComponentError
 from latentflows.flows import ConditionalRealNVP, Coupling, jacobian_logabsdet
@@ -28,7 +29,7 @@ from latentflows.losses import FlowNLL, HuberLoss, MSELoss, parse_loss
 from latentflows.metrics import BitsPerDim, HuberMetric, MeanMetric
 from latentflows.registry import register
 from latentflows.saving import load_model, save_model
-from latentflows.training import Batches, Callback, Trainer, adam, supervised
+from latentflows.training import Batches, Callback, Trainer, adam, build_stages, supervised
 
 
 def round_trip(component):
@@ -113,7 +114,7 @@ def test_ae_loss_option_parses():
 
 
 def test_flow_nll_in_nats_and_bits_per_dimension():
-    flow = ConditionalRealNVP(4, 0, couplings=1, batch_norm=False).eval()  # identity at init
+    flow = ConditionalRealNVP(4, 0, couplings=1, normalization="none").eval()  # identity at init
     x = torch.zeros(2, 4)
     nats = FlowNLL("nats", reduction="none")(flow, x)
     assert torch.allclose(nats, torch.full((2,), 2 * torch.log(torch.tensor(2 * torch.pi)).item()))
@@ -185,10 +186,10 @@ def test_coupling_network_hooks_residual_and_custom_activation():
 
 
 def test_flow_noise_huber_and_softplus_options_train(small_pets, tiny_config, tmp_path):
-    lf.train(small_pets, tiny_config.with_options(flow_noise=0.1, ae_loss="huber:2.0", scale_fn="softplus"),
+    lf.train(small_pets, with_options(tiny_config, flow_noise=0.1, ae_loss="huber:2.0", bijection="SoftplusAffine"),
              tmp_path / "run", progress=False, figures=False)
     loaded = lf.load(tmp_path / "run")
-    stage, = [stage for name, stage in lf.RunConfig(loaded.config).stages() if name == "autoencoder"]
+    stage, = [stage for name, stage in build_stages(lf.RunConfig(loaded.config)) if name == "autoencoder"]
     assert stage.objective().terms["reconstruction"].loss.threshold == 2.0  # the loss's hyperparameter came back
     assert loaded.flow.bijection_spec["class"] == "SoftplusAffine"
 
@@ -297,8 +298,8 @@ def test_checkpoint_callback_writes_atomically_and_loads_back(tmp_path):
 
 
 def test_residual_option_reaches_the_coupling_networks(small_pets, tiny_config):
-    pipeline = lf.train(small_pets, tiny_config.with_options(residual=True, hidden=[16, 16], flow_epochs=1,
-                                                             ae_epochs=1), None, progress=False, figures=False)
+    pipeline = lf.train(small_pets, with_options(tiny_config, residual=True, hidden=[16, 16], flow_epochs=1,
+                                                 ae_epochs=1), None, progress=False, figures=False)
     assert any(isinstance(m, ResidualBlock) for m in pipeline.flow.modules())
 
 

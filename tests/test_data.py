@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from latentflows import data as data_module
+from latentflows.cli.options import with_options
 from latentflows.data import cache as decode_cache
 from latentflows.data import load_images, sources, to_rgb_array
 from latentflows.errors import DataError
@@ -202,7 +203,7 @@ def test_single_class_folder_trains_and_samples(tmp_path, tiny_config, pets):
         save(Image.fromarray(image.permute(1, 2, 0).numpy()), root / "pets" / f"{i}.png")
     dataset = load_images(root, use_cache=False)
     assert dataset.class_names == ["pets"]
-    pipeline = lf.train(dataset, tiny_config.with_options(ae_epochs=1, flow_epochs=1), None, progress=False, figures=False)
+    pipeline = lf.train(dataset, with_options(tiny_config, ae_epochs=1, flow_epochs=1), None, progress=False, figures=False)
     assert pipeline.generate("pets", 3).images.shape == (3, 3, 64, 64)
 
 
@@ -501,7 +502,7 @@ def test_training_on_mapped_images_gives_the_same_weights(tmp_path, monkeypatch,
     import latentflows as lf
     from latentflows.runs import apply_limit
 
-    config = tiny_config.with_options(ae_epochs=1, flow_epochs=1)
+    config = with_options(tiny_config, ae_epochs=1, flow_epochs=1)
     weights = []
     for limit in (str(2**40), "0"):
         monkeypatch.setenv("LATENTFLOWS_IN_MEMORY_BYTES", limit)

@@ -28,6 +28,7 @@ from PIL import Image
 
 import latentflows as lf
 from latentflows import demo as demo_module
+from latentflows.cli.options import with_options
 from latentflows.demo import generate_gallery, interpolation_rows, parse_caption
 from latentflows.extras import MissingExtraError
 
@@ -80,7 +81,7 @@ def pipeline(small_pets, tiny_config):
     run = os.environ.get("LATENTFLOWS_DEMO_RUN")
     if run:
         return lf.load(run, "cpu")
-    return lf.train(small_pets, tiny_config.with_options(ae_epochs=1, flow_epochs=1), None, progress=False,
+    return lf.train(small_pets, with_options(tiny_config, ae_epochs=1, flow_epochs=1), None, progress=False,
                     figures=False, device="cpu")
 
 

@@ -67,7 +67,7 @@ def spatial_pipeline(**flow):
 PIPELINES = {
     "conv, standardize": conv_pipeline,
     "spatial, class whitening, batch norm": lambda: spatial_pipeline(standardize=True, class_whitening=True,
-                                                                     batch_norm=True),
+                                                                     normalization="batchnorm"),
     "spatial, LU mixing, ActNorm, class affine": lambda: spatial_pipeline(standardize=True, mixing="lu",
                                                                           normalization="actnorm", class_affine=True),
 }

@@ -64,8 +64,8 @@ def layers(context_size):
                                   InvertibleBatchNorm(D), coupling("TanhAffine", "half", [8], context_size)])
     yield "realnvp", ConditionalRealNVP(D, context_size, couplings=3, hidden=[16, 16], standardize=True,
                                         mean=torch.randn(D), std=torch.rand(D) + 0.5).transform
-    yield "realnvp-no-perm-no-bn", ConditionalRealNVP(D, context_size, couplings=3, hidden=[16], batch_norm=False,
-                                                      permute=False, mask="half").transform
+    yield "realnvp-no-perm-no-bn", ConditionalRealNVP(D, context_size, couplings=3, hidden=[16], normalization="none",
+                                                      mixing="none", mask="half").transform
 
 
 CASES = [(name, context_size, mode) for context_size in (0, C) for name, _ in layers(context_size)
@@ -216,9 +216,9 @@ def test_batchnorm_rejects_single_sample_in_training():
         InvertibleBatchNorm(D).train()(torch.randn(1, D))
 
 
-@pytest.mark.parametrize("batch_norm", [True, False])
-def test_2d_density_integrates_to_one(batch_norm):
-    flow = randomize(ConditionalRealNVP(2, 2, couplings=4, hidden=[16], batch_norm=batch_norm), std=0.3)
+@pytest.mark.parametrize("normalization", ["batchnorm", "none"])
+def test_2d_density_integrates_to_one(normalization):
+    flow = randomize(ConditionalRealNVP(2, 2, couplings=4, hidden=[16], normalization=normalization), std=0.3)
     flow.double().eval()
     step = 0.04
     axis = torch.arange(-12, 12, step, dtype=torch.float64) + step / 2
@@ -239,7 +239,7 @@ def test_sample_log_prob_agrees_with_log_prob():
 
 
 def test_samples_follow_the_base_at_identity():
-    flow = ConditionalRealNVP(D, 0, couplings=2, batch_norm=False).eval()  # zero-init couplings: identity
+    flow = ConditionalRealNVP(D, 0, couplings=2, normalization="none").eval()  # zero-init couplings: identity
     x = flow.sample(20000, generator=torch.Generator().manual_seed(0))
     assert x.mean().abs() < 0.02 and (x.std() - 1).abs() < 0.02
     expected = -0.5 * D * math.log(2 * math.pi)

@@ -11,9 +11,11 @@ import torch
 import latentflows as lf
 from latentflows.autoencoder import SpatialAutoencoder
 from latentflows.cli import main
+from latentflows.cli.options import with_options
 from latentflows.errors import ModelFileError
 from latentflows.registry import build
 from latentflows.runs import RunFolder
+from latentflows.training import validate_config
 from latentflows.training.adversarial import PatchDiscriminator
 
 SIZES = (32, 64, 128, 256)
@@ -32,8 +34,8 @@ def random_pets(size: int, n: int = IMAGES) -> lf.ImageDataset:
 
 
 def one_step_config(size: int, model: dict) -> lf.RunConfig:
-    return lf.PRESETS["quick"].with_options(
-        image_size=size, ae_epochs=1, ae_batch_size=TRAIN_BATCH, flow_epochs=1, flow_batch_size=TRAIN_BATCH,
+    return with_options(
+        lf.PRESETS["quick"], image_size=size, ae_epochs=1, ae_batch_size=TRAIN_BATCH, flow_epochs=1, flow_batch_size=TRAIN_BATCH,
         couplings=2, hidden=[16]).with_values({"stages.autoencoder.config.model": model,
                                                 "stages.flow.config.patience": None})
 
@@ -90,8 +92,8 @@ def test_the_best_presets_terms_train_a_step_at_every_size(term, size, tmp_path)
     adversarial["config"].update(start=0, width=8)  # on from the first step
     if term == "perceptual":  # before the adversarial term, whose adaptive weight balances the others
         terms["perceptual"] = {"class": "Perceptual", "config": {"weight": 0.5}}
-    config = best.with_options(
-        image_size=size, ae_epochs=1, ae_batch_size=TRAIN_BATCH, flow_epochs=1, flow_batch_size=TRAIN_BATCH,
+    config = with_options(
+        best, image_size=size, ae_epochs=1, ae_batch_size=TRAIN_BATCH, flow_epochs=1, flow_batch_size=TRAIN_BATCH,
         couplings=2, hidden=[16]).with_values({"stages.autoencoder.config.model.config.width": 8,
                                                 "stages.autoencoder.config.model.config.blocks": 1,
                                                 "stages.autoencoder.config.terms": {**terms, "adversarial": adversarial}})
@@ -111,10 +113,10 @@ def test_image_size_offers_32_64_128_or_256_and_names_them_otherwise(capsys):
         assert main(["train", "--show-config", "--image-size", bad]) == 2
         assert f"--image-size: choose 32, 64, 128 or 256 pixels, got '{bad}'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="choose 32, 64, 128 or 256"):
-        lf.PRESETS["quick"].with_options(image_size=100)
+        with_options(lf.PRESETS["quick"], image_size=100)
     for name, preset in lf.PRESETS.items():
         for size in SIZES:
-            assert preset.with_options(image_size=size).validate().image_size == size, name
+            assert validate_config(with_options(preset, image_size=size)).image_size == size, name
 
 
 def test_auto_downsample_keeps_the_64_pixel_networks_and_saves_a_number():
@@ -142,7 +144,7 @@ def test_a_saved_downsample_of_8_loads_as_it_was_at_any_size():
         assert model.get_config() == old and model.latent_shape == latent
         config = lf.PRESETS["quick"].with_values({"image_size": size, "stages.autoencoder.config.model": {
             "class": "SpatialAutoencoder", "config": old}})
-        assert lf.RunConfig.from_dict(config.as_dict()) == config and config.validate()
+        assert lf.RunConfig.from_dict(config.as_dict()) == config and validate_config(config)
 
 
 def test_auto_downsample_explains_an_image_size_it_cannot_serve():
@@ -152,4 +154,4 @@ def test_auto_downsample_explains_an_image_size_it_cannot_serve():
     with pytest.raises(ValueError, match="'auto' or a power of 2"):
         SpatialAutoencoder(width=8, downsample="8")
     with pytest.raises(lf.LatentflowsError, match="stages.autoencoder: .*multiple of 32"):
-        lf.PRESETS["seed"].with_values({"image_size": 100}).validate()
+        validate_config(lf.PRESETS["seed"].with_values({"image_size": 100}))

@@ -8,6 +8,7 @@ import torch
 
 import latentflows as lf
 from latentflows.autoencoder import SpatialAutoencoder
+from latentflows.cli.options import with_options
 from latentflows.training import (
     Adversarial,
     AutoencoderStage,
@@ -17,6 +18,7 @@ from latentflows.training import (
     Trainer,
     adaptive_weight,
     diff_augment,
+    validate_config,
 )
 from latentflows.training.stages import AutoencoderTraining
 
@@ -171,7 +173,7 @@ def test_perceptual_distance_is_zero_for_the_same_image_grows_with_blur_and_trai
 def test_each_quality_setting_trains_end_to_end_on_a_small_slice(small_pets, tiny_config, terms):
     values = {"stages.autoencoder.config.model": SPATIAL, "stages.autoencoder.config.flip": True,
               "stages.autoencoder.config.schedule": "cosine", "stages.flow.config.schedule": "cosine"}
-    config = tiny_config.with_options(ae_loss="l1").with_values(values)
+    config = with_options(tiny_config, ae_loss="l1").with_values(values)
     if terms == "perceptual":
         config = config.with_values({"stages.autoencoder.config.terms.perceptual": {
             "class": "Perceptual", "config": {"weight": 0.5}}})
@@ -226,7 +228,7 @@ def test_class_head_trains_the_encoder_and_its_head_but_not_the_decoder():
 
 def test_every_preset_builds_at_its_real_size_and_quick_is_the_measured_choice():
     for name, preset in lf.PRESETS.items():
-        assert preset.validate().preset == name
+        assert validate_config(preset).preset == name
     quick, best = lf.PRESETS["quick"], lf.PRESETS["best"]
     assert quick.get("stages.autoencoder.config.model.class") == "SpatialAutoencoder"
     assert quick.get("stages.autoencoder.config.terms.reconstruction.config.loss.class") == "L1Loss"

@@ -13,6 +13,7 @@ from conftest import train_until_interrupted
 from safetensors.torch import load_file
 
 import latentflows as lf
+from latentflows.cli.options import with_options
 
 
 def weights(run):
@@ -28,7 +29,7 @@ def assert_same_weights(a, b):
 @pytest.mark.parametrize("stage,epoch", [("autoencoder", 2), ("flow", 2), ("flow", 5)])
 def test_resume_after_interruption_matches_uninterrupted(small_pets, tiny_config, tmp_path, monkeypatch, stage, epoch):
     # patience 5: the flow (which starts at the per-class Gaussians) does not stop before epoch 5
-    config = tiny_config.with_options(ae_epochs=3, flow_epochs=6, flow_patience=5, flow_noise=0.05)
+    config = with_options(tiny_config, ae_epochs=3, flow_epochs=6, flow_patience=5, flow_noise=0.05)
     full = tmp_path / "full"
     lf.train(small_pets, config, full, progress=False, figures=False)
     assert not (full / "checkpoints").exists()  # removed once the run is complete
@@ -46,7 +47,7 @@ def test_resume_computes_as_the_run_started_whatever_the_threads_and_default_pre
         small_pets, tiny_config, tmp_path, monkeypatch, started="fp32", resumed="auto"):
     """A CPU reduction's bits depend on the thread count, and ``auto`` may pick another precision
     elsewhere: a resume takes both from run.json, so it still ends with the same weights."""
-    config = tiny_config.with_options(ae_epochs=3, flow_epochs=2)
+    config = with_options(tiny_config, ae_epochs=3, flow_epochs=2)
     full = lf.train(small_pets, config, tmp_path / "full", precision=started, progress=False, figures=False)
     assert full.summary["precision"] == started
     recorded = json.loads((tmp_path / "full" / "run.json").read_text())["compute"]
@@ -68,7 +69,7 @@ def test_resume_computes_as_the_run_started_whatever_the_threads_and_default_pre
 
 
 def test_a_resume_that_asks_for_another_precision_is_refused(small_pets, tiny_config, tmp_path, monkeypatch):
-    config = tiny_config.with_options(ae_epochs=2, flow_epochs=1)
+    config = with_options(tiny_config, ae_epochs=2, flow_epochs=1)
     monkeypatch.setattr(lf.training.Trainer, "fit", lambda self, *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         lf.train(small_pets, config, tmp_path / "run", precision="fp32", progress=False, figures=False)
@@ -225,7 +226,7 @@ def test_a_ctrl_c_that_python_drops_in_a_finalizer_still_stops_training():
 
 def test_files_from_a_newer_version_are_refused_with_a_clear_error(tmp_path, small_pets, tiny_config):
     run = tmp_path / "run"
-    lf.train(small_pets, tiny_config.with_options(ae_epochs=1, flow_epochs=1), run, progress=False, figures=False)
+    lf.train(small_pets, with_options(tiny_config, ae_epochs=1, flow_epochs=1), run, progress=False, figures=False)
     config = json.loads((run / "config.json").read_text())
     config["format_version"] = 99
     (run / "config.json").write_text(json.dumps(config))
@@ -236,8 +237,8 @@ def test_files_from_a_newer_version_are_refused_with_a_clear_error(tmp_path, sma
 @pytest.mark.parametrize("preset", ["seed", "quick"])
 def test_flow_of_each_preset_stays_finite_at_learning_rate_1e3(small_pets, tiny_config, preset, tmp_path):
     """The presets' flows (12 couplings, [256, 256]) on real embeddings at lr 1e-3: no NaN, no skipped step."""
-    config = tiny_config.with_values({"stages.flow": lf.PRESETS[preset].get("stages.flow")}).with_options(
-        embedding_dim=256, ae_epochs=1, flow_epochs=3, flow_lr=1e-3)
+    config = with_options(tiny_config.with_values({"stages.flow": lf.PRESETS[preset].get("stages.flow")}),
+                          embedding_dim=256, ae_epochs=1, flow_epochs=3, flow_lr=1e-3)
     pipeline = lf.train(small_pets, config, tmp_path / "run", progress=False, figures=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows].count("flow") == 3

@@ -7,11 +7,12 @@ from torch import nn
 
 import latentflows as lf
 from latentflows.cli import main
+from latentflows.cli.options import with_options
 from latentflows.distributed import as_runtime
 from latentflows.losses import MSELoss
 from latentflows.runs import run_split
 from latentflows.runtime import Runtime, resolve_device
-from latentflows.training import Batches, NonFiniteLossError, Trainer, adam, supervised
+from latentflows.training import Batches, NonFiniteLossError, Trainer, adam, build_stages, supervised
 from latentflows.training.stages import StageContext
 
 
@@ -48,7 +49,7 @@ def test_deterministic_session_sets_the_switches_and_restores_them():
 
 
 def test_deterministic_training_gives_identical_weights(small_pets, tiny_config):
-    config = tiny_config.with_options(ae_epochs=1, flow_epochs=1)
+    config = with_options(tiny_config, ae_epochs=1, flow_epochs=1)
     seen = []
 
     class Spy(lf.training.Callback):
@@ -71,12 +72,12 @@ def test_deterministic_training_gives_identical_weights(small_pets, tiny_config)
 def test_every_tensor_a_training_step_makes_follows_the_model_to_its_device(small_pets):
     """On the meta device, any op that mixes in a tensor made on the CPU raises: the guard
     that batches, contexts, noise and losses are all made where the model is."""
-    config = lf.PRESETS["quick"].with_options(width=8, embedding_dim=64, couplings=2, hidden=[16]).with_values({
+    config = with_options(lf.PRESETS["quick"], width=8, embedding_dim=64, couplings=2, hidden=[16]).with_values({
         "stages.autoencoder.config.terms.adversarial": {"class": "Adversarial", "config": {"start": 0, "width": 8}},
         "stages.autoencoder.config.latent_noise": 0.1})
     train_set, val_set = run_split(small_pets, config)
     meta = Runtime("meta")
-    (_, ae_stage), (_, flow_stage) = config.stages()
+    (_, ae_stage), (_, flow_stage) = build_stages(config)
     plan = ae_stage.plan(StageContext(train_set, val_set, meta, image_size=64))
     assert all(t.device.type == "meta" for t in plan.train_batches.tensors)
     losses = plan.loss_fn(plan.model.train(), next(iter(plan.train_batches)))
@@ -192,10 +193,11 @@ def test_the_cli_trains_in_auto_precision_by_default_and_records_it(tmp_path, pe
     assert f"{expected.precision} ({expected.precision_reason})" in err  # the status lines say it
     assert (f"autoencoder [{expected.precision}] epoch 1/1" in err) == (expected.precision != "fp32")
     assert lf.load(run).summary["precision"] == expected.precision
-    from latentflows.cli import _runtime, build_parser
+    from latentflows.cli import build_parser
+    from latentflows.cli.common import runtime_of
 
     forced = build_parser().parse_args(["train", "--precision", "fp32", "--out", str(tmp_path / "fp32")])
-    assert _runtime(forced).precision == "fp32"  # --precision fp32 still forces fp32
+    assert runtime_of(forced).precision == "fp32"  # --precision fp32 still forces fp32
 
     # sampling decodes in the precision asked for (auto by default); the flow's log-densities stay fp32's
     printed = {}
@@ -214,7 +216,7 @@ def test_the_cli_trains_in_auto_precision_by_default_and_records_it(tmp_path, pe
 def test_bf16_training_reaches_the_fp32_validation_loss_and_ranks_images_alike(small_pets, tiny_config):
     """bf16 keeps 8 bits of mantissa: over a short run on real pets its validation reconstruction loss
     stays within 1% of fp32's (measured: 0.01%), and the two models order held-out images by log-density alike."""
-    config = tiny_config.with_options(ae_epochs=3, flow_epochs=3)
+    config = with_options(tiny_config, ae_epochs=3, flow_epochs=3)
     runs = {precision: lf.train(small_pets, config, device="cpu", precision=precision, progress=False, figures=False)
             for precision in ("fp32", "bf16")}
     losses = {precision: pipeline.summary for precision, pipeline in runs.items()}

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import latentflows as lf
+from latentflows.cli.options import with_options
 from latentflows.flows import Coupling, SpatialRealNVP, spatial_mask
 from latentflows.flows.spatial import grid_shape
 from latentflows.registry import deserialize, serialize
@@ -131,7 +132,7 @@ def test_classnorm_puts_a_per_class_affine_after_every_coupling():
 
 
 def test_a_spatial_flow_trains_saves_and_samples_end_to_end(small_pets, tiny_config, tmp_path):
-    config = tiny_config.with_options(flow="spatial", couplings=2).with_values(
+    config = with_options(tiny_config, flow="spatial", couplings=2).with_values(
         {"stages.flow.config.model.config.hidden": 8})
     pipeline = lf.train(small_pets, config, tmp_path / "run", progress=False, figures=False)
     assert isinstance(pipeline.flow, SpatialRealNVP) and pipeline.flow.latent_shape == [1, 8, 8]
@@ -146,8 +147,8 @@ def test_a_spatial_flow_trains_saves_and_samples_end_to_end(small_pets, tiny_con
 
 def test_the_flow_option_names_whole_flows():
     quick = lf.PRESETS["quick"]
-    assert quick.with_options(flow="realnvp").as_dict() == quick.as_dict()  # quick's own flow, by name
-    spatial = quick.with_options(flow="spatial").as_dict()["stages"]["flow"]["config"]["model"]
+    assert with_options(quick, flow="realnvp").as_dict() == quick.as_dict()  # quick's own flow, by name
+    spatial = with_options(quick, flow="spatial").as_dict()["stages"]["flow"]["config"]["model"]
     assert spatial["class"] == "SpatialRealNVP" and spatial["config"]["standardize"]
     with pytest.raises(ValueError, match="choose one of realnvp, spatial"):
-        quick.with_options(flow="glow")
+        with_options(quick, flow="glow")

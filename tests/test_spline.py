@@ -9,7 +9,8 @@ import pytest
 import torch
 from tolerance import bounds_for_steps, round_trip_bounds
 
-from latentflows.config import OPTIONS, bijection_spec
+from latentflows.cli.options import OPTIONS, bijection_spec
+from latentflows.compat import current_specs, layer_kinds
 from latentflows.flows import (
     ActNorm,
     ClassWhitening,
@@ -461,30 +462,36 @@ def test_layer_kinds_in_the_flow():
         (("mixing", "lu"),): [Coupling, LULinear, InvertibleBatchNorm],
         (("normalization", "actnorm"),): [Coupling, RandomPermutation, ActNorm],
         (("mixing", "none"), ("normalization", "none")): [Coupling],
+        # the on/off switches of runs saved by 0.3 and before, as compat reads them
         (("permute", False), ("normalization", "actnorm")): [Coupling, ActNorm],
         (("batch_norm", False), ("mixing", "lu")): [Coupling, LULinear],
     }
     for options, expected in kinds.items():
-        flow = ConditionalRealNVP(D, 0, couplings=2, hidden=[8], **dict(options))
+        flow = ConditionalRealNVP(D, 0, couplings=2, hidden=[8], **layer_kinds(dict(options)))
         assert [type(t) for t in flow.transform.transforms] == expected * 2, options
 
 
-def test_old_configs_load_unchanged_and_default_configs_have_no_new_keys():
-    old_keys = {"features", "context_size", "couplings", "mask", "permute", "batch_norm", "bijection",
-                "conditioner", "seed", "standardize"}
+def test_old_configs_load_unchanged_and_configs_name_the_layer_kinds():
+    keys = {"features", "context_size", "couplings", "mask", "mixing", "normalization", "bijection",
+            "conditioner", "seed", "standardize"}
     for permute in (True, False):
         for batch_norm in (True, False):
-            flow = ConditionalRealNVP(D, C, couplings=2, hidden=[8], permute=permute, batch_norm=batch_norm)
+            # a flow saved by 0.3 and before said permute / batch_norm; compat reads it as the same layers
+            old = {"class": "ConditionalRealNVP", "config": {"features": D, "context_size": C, "couplings": 2,
+                                                             "hidden": [8], "permute": permute, "batch_norm": batch_norm}}
+            flow = deserialize(current_specs(old))
             config = flow.get_config()
-            assert set(config) == old_keys  # a default flow's saved config is what it was before
+            assert set(config) == keys  # a default flow's saved config names both kinds
             assert serialize(deserialize(serialize(flow))) == serialize(flow)
-            same = ConditionalRealNVP(D, C, couplings=2, hidden=[8], permute=permute, batch_norm=batch_norm,
-                                      mixing="permutation" if permute else "none",
+            same = ConditionalRealNVP(D, C, couplings=2, hidden=[8], mixing="permutation" if permute else "none",
                                       normalization="batchnorm" if batch_norm else "none")
             assert list(same.state_dict()) == list(flow.state_dict())
+            assert serialize(same) == serialize(flow)
     flow = ConditionalRealNVP(D, C, couplings=2, hidden=[8], mixing="lu", normalization="none")
-    assert flow.get_config()["mixing"] == "lu" and not flow.get_config()["batch_norm"]
-    assert "normalization" not in flow.get_config()
+    assert flow.get_config()["mixing"] == "lu" and flow.get_config()["normalization"] == "none"
+    assert "permute" not in flow.get_config() and "batch_norm" not in flow.get_config()
+    with pytest.raises(TypeError, match="permute"):  # the core class knows the layer kinds only
+        ConditionalRealNVP(D, C, couplings=2, permute=False)
 
 
 @pytest.mark.parametrize("options,message", [({"permute": False, "mixing": "lu"}, "contradicts"),
@@ -493,4 +500,4 @@ def test_old_configs_load_unchanged_and_default_configs_have_no_new_keys():
                                              ({"normalization": "layernorm"}, "normalization must be")])
 def test_contradictory_or_unknown_layer_kinds_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
-        ConditionalRealNVP(D, 0, couplings=1, **options)
+        ConditionalRealNVP(D, 0, couplings=1, **layer_kinds(options))

@@ -12,6 +12,7 @@ from conftest import train_until_interrupted
 from safetensors.torch import load_file
 
 import latentflows as lf
+from latentflows.cli.options import with_options
 from latentflows.extras import MissingExtraError
 from latentflows.plots import image_grid
 from latentflows.runs import run_split
@@ -22,7 +23,7 @@ SIDE = 8 * (64 + 2) + 2  # a grid row: 8 images of 64 px, 2 px of padding around
 
 @pytest.fixture(scope="module")
 def config(tiny_config):
-    return tiny_config.with_options(ae_epochs=AE_EPOCHS, flow_epochs=FLOW_EPOCHS)
+    return with_options(tiny_config, ae_epochs=AE_EPOCHS, flow_epochs=FLOW_EPOCHS)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ run folder and its split) -> ``training`` (stages: autoencoder, then flow) ->
 from . import layers, losses, metrics  # noqa: F401  (register their components)
 from ._version import __version__
 from .autoencoder import ConvAutoencoder, SpatialAutoencoder
-from .config import PRESETS, RunConfig
+from .config import RunConfig
 from .data import ImageDataset, load_images
 from .errors import DataError, LatentflowsError, ModelFileError
 from .flows import (
@@ -29,6 +29,7 @@ from .flows import (
                     Transform,
 )
 from .pipeline import LatentFlowPipeline, Samples, load
+from .presets import PRESETS
 from .registry import Configurable, deserialize, register, serialize
 from .runs import RunFolder
 from .runtime import Runtime

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .compat import pipeline_config_from_v1
+from .compat import saved_fields
 from .errors import LatentflowsError, ModelFileError
 from .hubclient import LIBRARY_NAME, is_hub_id
 from .reports import format_report, read_report
@@ -67,14 +67,14 @@ def model_card(run_dir: str | os.PathLike, *, repo_id: str | None = None) -> str
 
 
 def _run_fields(run: RunFolder) -> dict[str, Any]:
-    """config.json's fields (format 1 converted), checked to be a latentflows run config."""
+    """config.json's fields (older runs converted: ``compat``), checked to be a latentflows run config."""
     if not run.path.is_dir():
         raise ModelFileError(f"{run.path}: no such run folder")
     saved = read_json(run.config_file)
     if saved.get("format") != RUN_FORMAT:
         raise ModelFileError(f"{run.config_file}: not a latentflows run config (no format tag {RUN_FORMAT!r})")
     try:
-        fields = pipeline_config_from_v1(saved) if int(saved.get("format_version", 0)) < 2 else dict(saved)
+        fields = saved_fields(saved)
     except (KeyError, TypeError, ValueError) as error:
         raise ModelFileError(f"{run.config_file}: incomplete or incompatible config ({error})") from None
     fields.setdefault("latentflows_version", saved.get("latentflows_version"))

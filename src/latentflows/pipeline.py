@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ._version import __version__
 from .autoencoder import decode_embeddings, encode_images, is_class_conditional
-from .compat import pipeline_config_from_v1, weights_from_v1
+from .compat import saved_fields, saved_weights
 from .errors import LatentflowsError, MissingModuleError, ModelFileError, UnknownComponentError
 from .flows import Flow, check_sampling
 from .guidance import check_guidance, guided_sample
@@ -230,17 +230,16 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
 
     @classmethod
     def _read_run(cls, run_dir: Path, device: str | torch.device, precision: str) -> "LatentFlowPipeline":
-        """The pipeline in a local run folder (JSON + safetensors only; runs of format 1 are
-        converted in memory), on ``device``."""
+        """The pipeline in a local run folder (JSON + safetensors only; older runs are
+        converted in memory by ``compat``), on ``device``."""
         run = RunFolder(run_dir)
         saved = read_json(run.config_file)
         if saved.get("format") != RUN_FORMAT:
             raise ModelFileError(f"{run.config_file}: not a latentflows run config (no format tag {RUN_FORMAT!r})")
-        version = int(saved.get("format_version", 0))
-        if version > RUN_FORMAT_VERSION:
+        if int(saved.get("format_version", 0)) > RUN_FORMAT_VERSION:
             raise ModelFileError(f"{run.config_file}: written by a newer latentflows; upgrade to load it")
         try:
-            fields = pipeline_config_from_v1(saved) if version < 2 else saved
+            fields = saved_fields(saved)
             autoencoder = deserialize(fields["autoencoder"])
             flow = deserialize(fields["flow"], Flow)
             class_names = list(fields["class_names"])
@@ -255,7 +254,7 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
             raise ModelFileError(f"{run.config_file}: incomplete or incompatible config ({error})") from None
         pipeline = cls(autoencoder, flow, class_names, fields.get("config"), fields.get("summary"), precision)
         tensors, _ = load_safetensors(run.weights_file, WEIGHTS_FORMAT)
-        load_state_strictly(pipeline, weights_from_v1(tensors) if version < 2 else tensors, run.weights_file)
+        load_state_strictly(pipeline, saved_weights(saved, tensors), run.weights_file)
         return pipeline.to(resolve_device(device)).eval()
 
     # ------------------------------------------------------------------ the Hugging Face Hub (ModelHubMixin)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from .compat import check_resumable, saved_run_config, settings_run_config
 from .config import RunConfig
 from .data import ImageDataset
 from .errors import DataError, ModelFileError, RunExistsError
@@ -135,9 +136,7 @@ class RunFolder:
             if self.weights_file.is_file() and not (self.path / self.CHECKPOINTS).is_dir():
                 raise RunExistsError(f"{self.path} is complete (it has {self.WEIGHTS} and no checkpoints); "
                                      f"nothing to resume. Train again with --out and another folder")
-            if self.settings_version() < 2:
-                raise ModelFileError(f"{self.path} was started by latentflows 0.1; its checkpoints cannot be "
-                                       f"resumed by this version: start the run again with --out")
+            check_resumable(read_json(self.settings_file), self.path)
             return self
         if self.path.exists() and not self.path.is_dir():
             raise RunExistsError(f"{self.path} exists and is not a folder; choose another --out")
@@ -166,25 +165,19 @@ class RunFolder:
         return dict(read_json(self.settings_file).get("compute") or {})
 
     def read_settings(self) -> tuple[RunConfig, dict[str, Any]]:
-        """The config and data source from ``run.json`` (runs of format 1 are converted)."""
+        """The config and data source from ``run.json`` (older runs' are converted: ``compat``)."""
         settings = read_json(self.settings_file)
         if settings.get("format") != SETTINGS_FORMAT:
             raise ModelFileError(f"{self.settings_file}: not a latentflows run settings file")
         if int(settings.get("format_version", 1)) > SETTINGS_VERSION:
             raise ModelFileError(f"{self.settings_file}: written by a newer latentflows; upgrade to use it")
-        if "config" in settings:
-            return RunConfig.from_dict(settings["config"]), settings.get("data", {})
-        return RunConfig.from_v1(settings.get("train_config", {})), settings.get("data", {})
-
-    def settings_version(self) -> int:
-        return int(read_json(self.settings_file).get("format_version", 1))
+        return settings_run_config(settings), settings.get("data", {})
 
     def config(self) -> RunConfig:
         """The run config, from ``run.json``, or from ``config.json`` for a run without one."""
         if self.settings_file.is_file():
             return self.read_settings()[0]
-        saved = read_json(self.config_file)
-        return RunConfig.from_dict(saved["config"]) if "config" in saved else RunConfig.from_v1(saved.get("train_config", {}))
+        return saved_run_config(read_json(self.config_file))
 
     def dataset(self, source: str | None = None, *, progress: bool = True) -> ImageDataset:
         """The images the run was trained on, as its ``run.json`` records them (``--limit`` applied).

@@ -27,16 +27,9 @@ MIXINGS = ("permutation", "lu", "none")
 NORMALIZATIONS = ("batchnorm", "actnorm", "none")
 
 
-def _layer_kind(name: str, value: str | None, switch: bool, switch_name: str, choices: tuple[str, ...],
-                default: str) -> str:
-    """``mixing`` / ``normalization`` given, or derived from the older on/off switch."""
-    if value is None:
-        return default if switch else "none"
+def _check_kind(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    if not switch and value != "none":
-        raise ValueError(f"{switch_name}=False contradicts {name}={value!r}; "
-                         f"drop {switch_name} or set {name}='none'")
     return value
 
 
@@ -49,9 +42,6 @@ class ConditionalRealNVP(StandardizedFlow):
         context_size: size of the context vector; 0 for an unconditional flow.
         couplings: number of coupling layers.
         mask: ``"alternate"`` or ``"half"`` (see ``coupling_mask``).
-        permute: a mixing layer after each coupling (the kind is ``mixing``); without it the
-            masks alternate between the two halves.
-        batch_norm: a normalization layer after each coupling (the kind is ``normalization``).
         bijection: spec of each coupling's element-wise bijection (default ``TanhAffine``).
         conditioner: spec of each coupling's conditioner (default ``CouplingNet`` with its
             defaults); ``hidden`` is a shortcut for its hidden sizes.
@@ -61,11 +51,10 @@ class ConditionalRealNVP(StandardizedFlow):
             raw data.
         mixing: the layer after each coupling: ``"permutation"`` (a seeded random
             permutation, the default), ``"lu"`` (a learned ``LULinear``, started at a seeded
-            random orthogonal matrix) or ``"none"`` (same as ``permute=False``). Unset, it
-            follows ``permute``.
+            random orthogonal matrix) or ``"none"`` (then the masks alternate between the two
+            halves from one coupling to the next).
         normalization: the layer after each mixing layer: ``"batchnorm"``
-            (``InvertibleBatchNorm``, the default), ``"actnorm"`` (``ActNorm``) or ``"none"``
-            (same as ``batch_norm=False``). Unset, it follows ``batch_norm``.
+            (``InvertibleBatchNorm``, the default), ``"actnorm"`` (``ActNorm``) or ``"none"``.
         class_affine: begin (after the standardization) with a ``ContextAffine`` layer: a
             mean and scale per class, set from the first batch and trained, so that the class
             moves every sample directly.
@@ -93,17 +82,14 @@ class ConditionalRealNVP(StandardizedFlow):
     """
 
     def __init__(self, features: int, context_size: int = 0, couplings: int = 12, mask: str = "alternate",
-                 permute: bool = True, batch_norm: bool = True, bijection: dict | None = None,
-                 conditioner: dict | None = None, hidden: Sequence[int] | None = None, seed: int = 0,
-                 standardize: bool = False, mixing: str | None = None, normalization: str | None = None,
-                 class_affine: bool = False, class_whitening: bool = False, *, mean: Tensor | None = None,
-                 std: Tensor | None = None):
+                 bijection: dict | None = None, conditioner: dict | None = None,
+                 hidden: Sequence[int] | None = None, seed: int = 0, standardize: bool = False,
+                 mixing: str = "permutation", normalization: str = "batchnorm", class_affine: bool = False,
+                 class_whitening: bool = False, *, mean: Tensor | None = None, std: Tensor | None = None):
         if couplings < 1:
             raise ValueError(f"couplings must be at least 1, got {couplings}")
-        mixing = _layer_kind("mixing", mixing, permute, "permute", MIXINGS, "permutation")
-        normalization = _layer_kind("normalization", normalization, batch_norm, "batch_norm", NORMALIZATIONS,
-                                    "batchnorm")
-        permute, batch_norm = mixing != "none", normalization != "none"
+        mixing = _check_kind("mixing", mixing, MIXINGS)
+        normalization = _check_kind("normalization", normalization, NORMALIZATIONS)
         conditioner = dict(conditioner or DEFAULT_CONDITIONER)
         if hidden is not None:
             conditioner["config"] = {**conditioner.get("config", {}), "hidden": list(hidden)}
@@ -128,22 +114,16 @@ class ConditionalRealNVP(StandardizedFlow):
                 layers.append(ActNorm(features))
         super().__init__(Composite(layers), StandardNormal(features), context_size)
         first = next(layer for layer in layers if isinstance(layer, Coupling))
-        self.couplings, self.mask, self.permute, self.batch_norm = couplings, mask, permute, batch_norm
+        self.couplings, self.mask = couplings, mask
         self.seed, self.standardize, self.mixing, self.normalization = seed, standardize, mixing, normalization
         self.class_affine, self.class_whitening = class_affine, class_whitening
         self.bijection_spec, self.conditioner_spec = first.get_config()["bijection"], first.get_config()["conditioner"]
 
     def get_config(self) -> dict[str, Any]:
         config = {"features": self.features, "context_size": self.context_size, "couplings": self.couplings,
-                  "mask": self.mask, "permute": self.permute, "batch_norm": self.batch_norm,
+                  "mask": self.mask, "mixing": self.mixing, "normalization": self.normalization,
                   "bijection": self.bijection_spec, "conditioner": self.conditioner_spec, "seed": self.seed,
                   "standardize": self.standardize}
-        # The layer kinds only when they are not what permute / batch_norm alone mean, so that the
-        # configs of flows built before these options existed (and of default flows) are unchanged.
-        if self.mixing not in ("permutation", "none"):
-            config["mixing"] = self.mixing
-        if self.normalization not in ("batchnorm", "none"):
-            config["normalization"] = self.normalization
         if self.class_affine:
             config["class_affine"] = True
         if self.class_whitening:

@@ -3,6 +3,7 @@ that build them from a run config, and ``train``, which runs the stages in order
 
 from ..data import Batches
 from .adversarial import Adversarial, PatchDiscriminator, adaptive_weight, diff_augment
+from .build import build_stages, validate_config
 from .callbacks import (
                         CHECKPOINT_FORMAT,
                         Callback,
@@ -28,6 +29,6 @@ __all__ = [
     "load_checkpoint", "read_checkpoint", "NegativeLogLikelihood", "Objective", "Reconstruction", "Term", "train",
     "AutoencoderStage", "FlowStage", "Stage", "StageContext", "StagePlan", "Batches", "NonFiniteLossError",
     "Adversarial", "PatchDiscriminator", "adaptive_weight", "diff_augment", "Perceptual", "normalized_distance",
-    "ClassHead",
+    "ClassHead", "build_stages", "validate_config",
     "Trainer", "Update", "adam", "supervised",
 ]

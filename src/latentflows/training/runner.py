@@ -23,6 +23,7 @@ from ..guidance import fit_posterior_temperature
 from ..pipeline import LatentFlowPipeline
 from ..runs import RunFolder, run_split
 from ..runtime import Runtime, evaluation_mode
+from .build import build_stages, validate_config
 from .callbacks import Checkpoint, EarlyStopping, JsonlLogger, read_checkpoint
 from .stages import StageContext
 from .tensorboard import IMAGES_EVERY, TensorBoardLogger, summary_writer
@@ -70,10 +71,10 @@ def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None =
         raise LatentflowsError("the data has no classes")
     if dataset.image_size != config.image_size:
         raise LatentflowsError(f"images are {dataset.image_size}px but the config expects {config.image_size}px")
-    config.validate(classes=dataset.num_classes)
+    validate_config(config, classes=dataset.num_classes)
     images_every = _images_every(tensorboard, run_dir)
     runtime = as_runtime(device, precision, deterministic)
-    stages = config.stages()
+    stages = build_stages(config)
     run, logger = None, []
     if run_dir is not None and runtime.is_main_process:  # in several processes, the main one writes
         run = RunFolder(run_dir).prepare(overwrite, resume)

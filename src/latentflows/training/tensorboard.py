@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from ..extras import require
 from ..runs import RunFolder
+from .build import build_stages
 from .callbacks import Callback, EpochRecord, Loop
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -140,7 +141,7 @@ class TensorBoardLogger(Callback):
         ``resume``: continue an interrupted run (its checkpoints still in place); otherwise
         the folder starts empty (an overwritten run's events are removed).
         """
-        stage_epochs = {name: stage.epochs for name, stage in config.stages()}
+        stage_epochs = {name: stage.epochs for name, stage in build_stages(config)}
         if not resume:
             shutil.rmtree(run / FOLDER, ignore_errors=True)
         completed = run.completed_epochs(list(stage_epochs)) if resume else None

@@ -1,0 +1,129 @@
+"""``latentflows train``: train the autoencoder and the flow of a run config, write a run folder.
+
+The config is a preset (``--preset``) changed by the config flags and ``--set``
+(``options.py``); ``--resume`` continues an interrupted run with the settings in its run.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import LatentflowsError
+from ..presets import PRESETS
+from ..runtime import Runtime, add_compute_options
+from .common import add_import_option, import_modules, runtime_of, say
+from .options import add_option_flags, add_set_option, argument, config_values, given_flags, positive_int, refuse_removed_flags
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import RunConfig
+    from ..data import ImageDataset
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="hub id, parquet file or image folder (default: embedded Oxford pets)")
+    parser.add_argument("--label-field", help="field giving the class for parquet/hub data (default: dog, else label)")
+    parser.add_argument("--image-field", default="image", help="field holding the image (default: image)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="starting settings (default: quick)")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--out", type=Path, help="run folder to create")
+    target.add_argument("--resume", type=Path, metavar="RUN",
+                        help="continue an interrupted run from its last checkpoint (same settings and data)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run files in an existing --out folder")
+    parser.add_argument("--limit", type=argument(positive_int),
+                        help="use only this many images (a stratified subset), for trials")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--checkpoint-every", type=argument(positive_int), default=1, metavar="EPOCHS",
+                        help="save a resumable checkpoint every this many epochs (default 1)")
+    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the training steps")
+    add_compute_options(parser, training=True)
+    add_set_option(parser)
+    add_import_option(parser, "its @latentflows.register components can then be named")
+    parser.add_argument("--show-config", action="store_true", help="print the resulting run config and exit")
+    parser.add_argument("--log", choices=["tensorboard"], action="append", default=[],
+                        help="also log to TensorBoard (RUN/tensorboard: scalars of both stages, image grids, "
+                             "the hyperparameters); metrics.jsonl is always written")
+    parser.add_argument("--log-images-every", type=argument(positive_int), default=5, metavar="EPOCHS",
+                        help="epochs between TensorBoard image grids (default 5)")
+    add_option_flags(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..data import load_images
+    from ..runs import RunFolder, apply_limit
+    from ..training import validate_config
+
+    refuse_removed_flags(args)
+    runtime = runtime_of(args)  # an unavailable device fails before the slow steps
+    if "tensorboard" in args.log:  # so does a missing extra
+        from ..training.tensorboard import summary_writer
+
+        summary_writer()
+    if args.resume is not None:
+        _resume(args, runtime)
+        return
+    try:
+        config = PRESETS[args.preset].with_values(config_values(args))
+        validate_config(config)
+    except ValueError as error:
+        raise LatentflowsError(str(error)) from None
+    if args.show_config:
+        print(json.dumps(config.as_dict(), indent=2))
+        return
+    if args.out is None:
+        raise LatentflowsError("train needs --out RUN (or --resume RUN)")
+    if runtime.is_main_process:
+        RunFolder(args.out).prepare(args.overwrite)  # fail before the slow steps
+    with runtime.main_process_first():  # one process decodes into the cache, the others read it
+        dataset = load_images(args.data, label_field=args.label_field, image_field=args.image_field,
+                              image_size=config.image_size, progress=not args.no_progress)
+    data = {"source": str(Path(args.data).resolve()) if args.data and Path(args.data).exists() else args.data,
+            "label_field": args.label_field, "image_field": args.image_field, "limit": args.limit,
+            "imports": args.imports}
+    _train_on(apply_limit(dataset, args.limit, config.seed), config, args.out, data, args, runtime, resume=False)
+
+
+def _resume(args: argparse.Namespace, runtime: Runtime) -> None:
+    from ..runs import RunFolder
+    from ..training.runner import compute_as_started
+
+    given = given_flags(args) + ["--preset"] * (args.preset != "quick") + ["--compile"] * bool(args.compile)
+    if given:
+        raise LatentflowsError(f"--resume continues a run with the settings in its run.json; drop "
+                               f"{', '.join(given)} (or start a new run with --out)")
+    run = RunFolder(args.resume).prepare(resume=True)
+    try:
+        config, data = run.read_settings()
+    except ValueError as error:
+        raise LatentflowsError(f"{run.settings_file}: {error}") from None
+    compute_as_started(runtime, run)  # the precision the run started with, before it is shown
+    say(runtime, f"resuming {args.resume} (settings and data from its run.json)")
+    with runtime.main_process_first():  # one process decodes into the cache, the others read it
+        dataset = run.dataset(progress=not args.no_progress)
+    _train_on(dataset, config, args.resume, data, args, runtime, resume=True)
+
+
+def _train_on(dataset: ImageDataset, config: RunConfig, run_dir: Path, data: dict, args: argparse.Namespace,
+              runtime: Runtime, resume: bool) -> None:
+    from ..training import train
+
+    if resume:
+        import_modules(data.get("imports") or [])
+    counts = ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items())
+    say(runtime, f"data: {len(dataset)} images, {dataset.num_classes} classes ({counts}); "
+                 f"{runtime.precision} ({runtime.precision_reason})"
+                 + (f"; {runtime.world_size} processes" if runtime.world_size > 1 else ""))
+    try:
+        pipeline = train(dataset, config, run_dir, overwrite=getattr(args, "overwrite", False), resume=resume,
+                         data_spec=data, progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
+                         device=runtime, tensorboard=args.log_images_every if "tensorboard" in args.log else False)
+    except KeyboardInterrupt:
+        print(f"latentflows: interrupted; the last completed epoch is saved: continue with "
+              f"latentflows train --resume {run_dir}", file=sys.stderr)
+        raise SystemExit(130) from None
+    if runtime.is_main_process:
+        print(f"wrote {run_dir} in {pipeline.summary['train_seconds']:.0f}s "
+              f"(try: latentflows sample {run_dir} --class {dataset.class_names[-1]} -n 16 --out grid.png)")
