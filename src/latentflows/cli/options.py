@@ -45,21 +45,22 @@ def positive_int(text: Any) -> int:
     return value
 
 
-def positive_float(text: Any) -> float:
+def number(text: Any) -> float:
     try:
-        value = float(text)
+        return float(text)
     except (TypeError, ValueError):
         raise ValueError(f"not a number: {text!r}") from None
+
+
+def positive_float(text: Any) -> float:
+    value = number(text)
     if not value > 0 or not math.isfinite(value):
         raise ValueError(f"must be a positive finite number, got {text!r}")
     return value
 
 
 def non_negative_float(text: Any) -> float:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"not a number: {text!r}") from None
+    value = number(text)
     if not value >= 0 or not math.isfinite(value):
         raise ValueError(f"must be a finite number >= 0, got {text!r}")
     return value
