@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import latentflows as lf
-from latentflows.cli import LOADS_A_RUN, build_parser, main
+from latentflows.cli import COMMANDS, build_parser, main
 from latentflows.errors import ArgumentError, MissingModuleError
 from latentflows.flows import Coupling
 
@@ -108,7 +108,7 @@ def test_a_user_bijection_with_an_option_works_through_every_command(user_run, t
 def test_every_command_that_loads_a_run_takes_import():
     required = {"sample": ["--class", "dog"], "evaluate": [], "interpolate": ["--from", "a", "--to", "b", "--out", "x.png"],
                 "info": [], "export": ["--out", "g.onnx"], "demo": [], "push": ["me/pets"]}
-    assert set(LOADS_A_RUN) == set(required)
+    assert {command.name for command in COMMANDS if command.loads_a_run} == set(required)
     parser = build_parser()
     for name, options in required.items():
         assert parser.parse_args([name, "RUN", *options, "--import", "a", "--import", "b"]).imports == ["a", "b"], name
