@@ -18,7 +18,7 @@ def _stage(kind: str, model: dict, terms: dict, **settings: Any) -> dict:
     return {"class": kind, "config": {**settings, "model": model, "terms": terms}}
 
 
-_REALNVP = {"class": "ConditionalRealNVP", "config": {
+_REALNVP: dict[str, Any] = {"class": "ConditionalRealNVP", "config": {
     "couplings": 12, "mask": "alternate", "mixing": "permutation", "normalization": "batchnorm",
     "bijection": {"class": "TanhAffine", "config": {}},
     "conditioner": {"class": "CouplingNet", "config": {"hidden": [256, 256], "shared": True,
