@@ -104,6 +104,12 @@ def test_a_user_bijection_with_an_option_works_through_every_command(user_run, t
     gallery = generate_gallery(pipeline, "dog", count=2, display_size=64)
     assert len(gallery) == 2 and gallery[0][1].startswith("#1: ")
 
+    from latentflows.modelcard import model_card
+
+    card = model_card(user_run, repo_id="someone/floors")
+    assert f"latentflows sample someone/floors --import {MODULE} --class dog" in card  # the Hub's example works
+    assert f"import {MODULE}\nimport latentflows as lf" in card and f"Needs the module `{MODULE}`" in card
+
 
 def test_every_command_that_loads_a_run_takes_import():
     required = {"sample": ["--class", "dog"], "evaluate": [], "interpolate": ["--from", "a", "--to", "b", "--out", "x.png"],

@@ -96,6 +96,9 @@ def card_text(fields: dict[str, Any], folder: str | os.PathLike | None = None, *
     repo = repo_id or "owner/name"
     title = repo.split("/")[-1] if repo_id else "latentflows model"
     example = classes[-1] if classes else "CLASS"
+    imports = fields.get("imports") if isinstance(fields.get("imports"), dict) else {}
+    modules = sorted(str(module) for module in imports)
+    import_flags = "".join(f" --import {shlex.quote(module)}" for module in modules)
 
     autoencoder, flow = fields.get("autoencoder") or {}, fields.get("flow") or {}
     ae_config, flow_config = autoencoder.get("config") or {}, flow.get("config") or {}
@@ -124,11 +127,16 @@ def card_text(fields: dict[str, Any], folder: str | os.PathLike | None = None, *
              f"- **Flow**: `{flow.get('class', '?')}`{couplings} over the embeddings, conditioned on the one-hot class"]
     if training:
         lines.append(f"- **Training**: {'; '.join(training)}")
+    for module in modules:
+        names = ", ".join(f"`{name}`" for name in imports[module]) if isinstance(imports[module], list) else ""
+        lines.append(f"- **Needs the module `{module}`**, which registers {names or 'components it uses'}: install it "
+                     f"and pass `--import {module}` to every command (or `import {module}` in Python). latentflows "
+                     "never imports it by itself, so loading this model runs no code of its own.")
     lines += [f"- Written by latentflows {version}. The files are `config.json` (JSON) and `model.safetensors`: "
               "loading them never unpickles anything.", "",
               "## Use it", "", "```bash", "pip install latentflows",
-              f"latentflows sample {repo} --class {shlex.quote(example)} -n 16 --out grid.png", "```", "",
-              "```python", "import latentflows as lf", "",
+              f"latentflows sample {repo}{import_flags} --class {shlex.quote(example)} -n 16 --out grid.png", "```", "",
+              "```python", *(f"import {module}" for module in modules), "import latentflows as lf", "",
               f"pipeline = lf.LatentFlowPipeline.from_pretrained({json.dumps(repo)})  # device=\"auto\": a GPU if any",
               f"samples = pipeline.generate({json.dumps(example)}, n=16, seed=0)  "
               "# samples.images: uint8 (n, 3, S, S), highest log-density first", "```", ""]

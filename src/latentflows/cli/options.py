@@ -45,6 +45,13 @@ def positive_int(text: Any) -> int:
     return value
 
 
+def non_negative_int(text: Any) -> int:
+    value = integer(text)
+    if value < 0:
+        raise ValueError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
 def number(text: Any) -> float:
     try:
         return float(text)
@@ -280,6 +287,9 @@ OPTIONS: dict[str, Option] = {
                               "begin the flow with one Gaussian per class, fitted to the training codes (on/off)"),
     "flow-noise": Option(f"{FLOW}.noise", non_negative_float,
                          "std of Gaussian noise on the standardized embeddings while the flow trains"),
+    "flow-augment": Option(f"{FLOW}.augment", non_negative_int,
+                           "also train the flow on the codes of this many mirrored and shifted copies of each "
+                           "training photo (fresh codes it cannot memorise; 0: the photos' codes only)"),
     "flow-epochs": Option(f"{FLOW}.epochs", positive_int, "flow epochs"),
     "flow-batch-size": Option(f"{FLOW}.batch_size", positive_int, "flow batch size"),
     "flow-lr": Option(f"{FLOW}.lr", fraction, "flow Adam learning rate"),

@@ -12,10 +12,12 @@ per job:
 - ``cache``: the decode cache on disk (chunked, resumable, locked; least recently used removed).
 - ``mapped``: ``MappedImages``, a data set bigger than memory read from its cache file by batches.
 - ``batches``: ``Batches`` for the training loops, and ``prefetch``, which reads ahead in a thread.
+- ``augment``: ``mirror_and_shift``, label-preserving copies of a batch (the flow's fresh codes).
 
 The settings (``CHUNK_IMAGES``, ``IN_MEMORY_BYTES``, ...) are read from the module that owns them.
 """
 
+from .augment import mirror_and_shift
 from .batches import Batches, prefetch
 from .cache import (
     CACHE_ENTRIES,
@@ -37,7 +39,7 @@ from .mapped import READ_CHUNK_BYTES, MappedImages
 from .sources import EMBEDDED_DIR, IMAGE_EXTENSIONS, LOADER_VERSION, embedded_files, load_images
 
 __all__ = [
-    "Batches", "prefetch",
+    "mirror_and_shift", "Batches", "prefetch",
     "CACHE_ENTRIES", "CACHE_FORMAT", "CACHE_FORMAT_VERSION", "CHUNK_IMAGES", "IN_MEMORY_BYTES", "DecodePlan",
     "cache_entries", "clear_cache", "default_cache_dir", "in_memory_bytes", "load_or_decode", "weights_cache_dir",
     "ImageDataset", "DECODE_ERRORS", "decode_image", "to_rgb_array", "READ_CHUNK_BYTES", "MappedImages",

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..autoencoder import class_context, encode_images, to_signed_unit
-from ..data import Batches, ImageDataset
+from ..data import Batches, ImageDataset, MappedImages, mirror_and_shift
 from ..flows import Flow, Standardize, Transform, fit_leading_layers
 from ..layers import GaussianNoise
 from ..losses import to_bits_per_dim
@@ -338,6 +338,11 @@ class FlowStage(Stage):
             regularizer that smooths the density around the training points).
         patience: stop after this many epochs without a better validation loss, keeping the
             best weights (None: train every epoch).
+        augment: encode this many augmented copies of each training photo (mirrored with
+            probability 1/2 and shifted by up to 1/16 of its size, see
+            ``data.augment.mirror_and_shift``) beside the photo itself, so the flow trains on
+            ``1 + augment`` codes per photo: new, valid pictures of the same pets that it cannot
+            memorise. An epoch passes over all of them; validation uses the photos alone.
 
     Example:
         >>> stage = FlowStage(epochs=1, batch_size=8, lr=1e-3, model={"class": "ConditionalRealNVP",
@@ -351,13 +356,15 @@ class FlowStage(Stage):
 
     def __init__(self, epochs: int, batch_size: int, lr: float, weight_decay: float = 0.0,
                  model: dict | None = None, terms: Mapping[str, dict] | None = None, noise: float = 0.0,
-                 patience: int | None = None, schedule: str = "constant"):
+                 patience: int | None = None, schedule: str = "constant", augment: int = 0):
         super().__init__(epochs, batch_size, lr, weight_decay, model, terms, schedule)
         if not noise >= 0:
             raise ValueError(f"noise must be non-negative, got {noise}")
         if patience is not None and (not isinstance(patience, int) or patience < 1):
             raise ValueError(f"patience must be a positive integer or None, got {patience!r}")
-        self.noise, self.patience = noise, patience
+        if not isinstance(augment, int) or augment < 0:
+            raise ValueError(f"augment must be a non-negative integer (copies per photo), got {augment!r}")
+        self.noise, self.patience, self.augment = noise, patience, augment
 
     def build_flow(self, features: int, classes: int, seed: int, mean: Tensor | None = None,
                    std: Tensor | None = None) -> Flow:
@@ -368,11 +375,24 @@ class FlowStage(Stage):
         self.objective()
         return {**shapes, "flow_parameters": sum(p.numel() for p in flow.parameters())}
 
+    def augmented_codes(self, autoencoder: nn.Module, images: Tensor | MappedImages, seed: int, batch_size: int = 256) -> Tensor:
+        """Codes of ``self.augment`` augmented copies of every image, copy by copy."""
+        generator = torch.Generator().manual_seed(seed)
+        max_shift = min(images.shape[-2:]) // 16
+        codes = [encode_images(autoencoder, mirror_and_shift(images[i : i + batch_size], max_shift, generator))
+                 for _ in range(self.augment) for i in range(0, len(images), batch_size)]
+        return torch.cat(codes) if codes else torch.empty(0)
+
     def plan(self, context: StageContext) -> StagePlan:
         autoencoder = context.models["autoencoder"]
         raw_train = encode_images(autoencoder, context.train_set.images)
         raw_val = encode_images(autoencoder, context.val_set.images)
         statistics = Standardize.fit(raw_train)
+        labels = context.train_set.labels
+        if self.augment:
+            raw_train = torch.cat([raw_train, self.augmented_codes(autoencoder, context.train_set.images,
+                                                                   context.seed + 2)])
+            labels = labels.repeat(1 + self.augment)
         flow = self.build_flow(raw_train.shape[1], len(context.class_names), context.seed,
                                statistics.mean, statistics.std).to(context.runtime.device)
         # a flow without a head: the identity
@@ -380,7 +400,7 @@ class FlowStage(Stage):
         with torch.no_grad():
             train_x, head_logabsdet = head(raw_train)
             val_x, _ = head(raw_val)
-        train_context = context.one_hot(context.train_set.labels)
+        train_context = context.one_hot(labels)
         fit_leading_layers(flow.body, train_x, train_context)
         objective = self.objective().to(context.runtime.device)
         model = FlowTraining(flow, self.noise, objective, head_logabsdet[0])
@@ -398,4 +418,4 @@ class FlowStage(Stage):
             product=lambda: flow, callbacks=callbacks, autocast=False)  # log-determinants stay in fp32
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "noise": self.noise, "patience": self.patience}
+        return {**super().get_config(), "noise": self.noise, "patience": self.patience, "augment": self.augment}
