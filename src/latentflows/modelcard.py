@@ -96,7 +96,8 @@ def card_text(fields: dict[str, Any], folder: str | os.PathLike | None = None, *
     repo = repo_id or "owner/name"
     title = repo.split("/")[-1] if repo_id else "latentflows model"
     example = classes[-1] if classes else "CLASS"
-    imports = fields.get("imports") if isinstance(fields.get("imports"), dict) else {}
+    recorded = fields.get("imports")
+    imports: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
     modules = sorted(str(module) for module in imports)
     import_flags = "".join(f" --import {shlex.quote(module)}" for module in modules)
 
