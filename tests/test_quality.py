@@ -94,17 +94,19 @@ def test_diff_augment_is_differentiable_and_the_same_for_the_same_seed():
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
 
 
-def _adversarial_model(start=0):
+def _adversarial_model(start=0, lecam=0.0):
     torch.manual_seed(0)
     autoencoder = SpatialAutoencoder(64, width=8, image_size=32)
     objective = Objective({"reconstruction": {"class": "Reconstruction", "config": {
-        "loss": {"class": "L1Loss", "config": {}}}}, "adversarial": Adversarial(weight=0.5, start=start, width=8)})
+        "loss": {"class": "L1Loss", "config": {}}}},
+        "adversarial": Adversarial(weight=0.5, start=start, width=8, lecam=lecam)})
     stage = AutoencoderStage(epochs=1, batch_size=8, lr=1e-3)
     return AutoencoderTraining(autoencoder, objective), stage.updates(autoencoder, objective)
 
 
-def test_adversarial_losses_reach_only_their_own_parameters():
-    model, updates = _adversarial_model()
+@pytest.mark.parametrize("lecam", [0.0, 0.3])
+def test_adversarial_losses_reach_only_their_own_parameters(lecam):
+    model, updates = _adversarial_model(lecam=lecam)
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     batch = (images, torch.zeros(8, dtype=torch.long))
     trainer = Trainer(model, updates, lambda m, b: m(*b), progress=False)
@@ -118,6 +120,7 @@ def test_adversarial_losses_reach_only_their_own_parameters():
     # the same step again, by hand: each loss alone
     torch.manual_seed(1)
     model.objective.terms["adversarial"].steps.zero_()
+    model.objective.terms["adversarial"].score_averages.zero_()
     fresh = model(*batch)
     from_discriminator_loss = torch.autograd.grad(fresh["discriminator"], autoencoder, allow_unused=True)
     assert all(g is None or g.abs().max() == 0 for g in from_discriminator_loss)  # never moves the decoder
@@ -127,6 +130,24 @@ def test_adversarial_losses_reach_only_their_own_parameters():
     expected_ae = torch.autograd.grad(fresh["loss"], autoencoder)
     for parameter, expected in zip(autoencoder, expected_ae):
         assert torch.allclose(parameter.grad, expected, atol=1e-6)
+
+
+def test_lecam_penalises_scores_beyond_the_other_sides_average_and_tracks_both_averages():
+    term = Adversarial(start=0, width=8, lecam=0.3, lecam_decay=0.9)
+    term.score_averages.copy_(torch.tensor([0.5, -0.5]))  # a_real, a_fake
+    real, fake = torch.tensor([1.0, -2.0]), torch.tensor([0.0, 2.0])
+    # real scores above a_fake = -0.5: (1.5^2 + 0) / 2; fake scores below a_real = 0.5: (0.5^2 + 0) / 2
+    assert torch.isclose(term.lecam_penalty(real, fake), torch.tensor((1.5**2 + 0.5**2) / 2))
+    assert torch.allclose(term.score_averages, torch.tensor([0.9 * 0.5 + 0.1 * -0.5, 0.9 * -0.5 + 0.1 * 1.0]))
+    term.score_averages.copy_(torch.tensor([0.5, -0.5]))
+    assert term.lecam_penalty(torch.tensor([-1.0]), torch.tensor([1.0])) == 0  # within the averages: no penalty
+    rebuilt = Adversarial.from_config(term.get_config())
+    assert (rebuilt.lecam, rebuilt.lecam_decay) == (0.3, 0.9)
+    old_checkpoint = {k: v for k, v in term.state_dict().items() if k != "score_averages"}
+    rebuilt.load_state_dict(old_checkpoint)  # a checkpoint from before LeCam still loads
+    assert torch.equal(rebuilt.score_averages, torch.zeros(2))
+    with pytest.raises(ValueError, match="lecam must be"):
+        Adversarial(lecam=-1.0)
 
 
 def test_adversarial_term_is_off_during_its_warm_up_and_its_discriminator_stays_put():

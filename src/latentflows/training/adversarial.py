@@ -138,11 +138,18 @@ class Adversarial(Term):
         width, layers: the discriminator's (see ``PatchDiscriminator``).
         augment: DiffAugment every image the discriminator sees.
         adaptive: use the adaptive weight (else ``weight`` alone).
+        lecam: weight of the LeCam regulariser on the discriminator (0: off), made for GANs
+            trained on little data, where the discriminator otherwise wins outright: it adds
+            ``mean relu(D(x) - a_fake)^2 + mean relu(a_real - D(x_hat))^2``, where ``a_real``
+            and ``a_fake`` are moving averages of the discriminator's mean scores (saved in
+            checkpoints), which keeps its scores of real and reconstructed images close.
+        lecam_decay: the moving averages' decay per step.
         target: the update that trains the discriminator.
 
     References:
         Esser et al., arXiv:2012.09841; Lim & Ye, "Geometric GAN", arXiv:1705.02894 (hinge
-        loss); Zhao et al., arXiv:2006.10738 (DiffAugment).
+        loss); Zhao et al., arXiv:2006.10738 (DiffAugment); Tseng et al., "Regularizing
+        Generative Adversarial Networks under Limited Data", CVPR 2021, arXiv:2104.03310 (LeCam).
 
     Example:
         >>> import torch
@@ -154,21 +161,29 @@ class Adversarial(Term):
     """
 
     steps: Tensor
+    score_averages: Tensor
 
     def __init__(self, weight: float = 0.1, start: int = 2000, width: int = 32, layers: int = 3,
-                 augment: bool = True, adaptive: bool = True, target: str = "discriminator"):
+                 augment: bool = True, adaptive: bool = True, lecam: float = 0.0, lecam_decay: float = 0.99,
+                 target: str = "discriminator"):
         super().__init__(weight, target)
         if target == "loss":
             raise ValueError("the discriminator needs its own update: give Adversarial a target other than 'loss'")
         if start < 0:
             raise ValueError(f"start must be a non-negative number of steps, got {start}")
+        if not lecam >= 0:
+            raise ValueError(f"lecam must be a weight >= 0, got {lecam}")
+        if not 0 <= lecam_decay < 1:
+            raise ValueError(f"lecam_decay must be in [0, 1), got {lecam_decay}")
         self.start, self.width, self.layers = int(start), width, layers
-        self.augment, self.adaptive = augment, adaptive
+        self.augment, self.adaptive, self.lecam, self.lecam_decay = augment, adaptive, float(lecam), float(lecam_decay)
         self.discriminator = PatchDiscriminator(width, layers)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # saved in checkpoints
+        self.register_buffer("score_averages", torch.zeros(2))  # LeCam's a_real, a_fake
         self._steps = 0  # its value on the host, kept alongside: a step never reads the device's
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        state_dict.setdefault(prefix + "score_averages", torch.zeros(2))  # a checkpoint from before LeCam
         super()._load_from_state_dict(state_dict, prefix, *args)
         if prefix + "steps" in state_dict:  # a resumed count, read from the loaded (host) tensor
             self._steps = int(state_dict[prefix + "steps"])
@@ -192,7 +207,18 @@ class Adversarial(Term):
         real_scores = self.discriminator(augment(real))
         fake_scores = self.discriminator(augment(fake.detach()))
         discriminator_loss = F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
+        if self.lecam:
+            discriminator_loss = discriminator_loss + self.lecam * self.lecam_penalty(real_scores, fake_scores)
         return {"loss": self.weight * scale * generator_loss, self.target: discriminator_loss}
+
+    def lecam_penalty(self, real_scores: Tensor, fake_scores: Tensor) -> Tensor:
+        """LeCam's regulariser against the moving averages, which this (training) step then updates."""
+        real_average, fake_average = self.score_averages.unbind()
+        penalty = F.relu(real_scores - fake_average).square().mean() + F.relu(real_average - fake_scores).square().mean()
+        with torch.no_grad():  # on the device: no host sync
+            means = torch.stack([real_scores.mean(), fake_scores.mean()]).float()
+            self.score_averages.lerp_(means, 1 - self.lecam_decay)
+        return penalty
 
     def _augmenter(self, seed: int) -> Any:
         if not self.augment:
@@ -201,4 +227,5 @@ class Adversarial(Term):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "start": self.start, "width": self.width, "layers": self.layers,
-                "augment": self.augment, "adaptive": self.adaptive}
+                "augment": self.augment, "adaptive": self.adaptive, "lecam": self.lecam,
+                "lecam_decay": self.lecam_decay}
