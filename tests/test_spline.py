@@ -16,6 +16,7 @@ from latentflows.flows import (
     ClassWhitening,
     ConditionalRealNVP,
     ContextAffine,
+    ContextLinear,
     Coupling,
     InvertibleBatchNorm,
     LULinear,
@@ -172,6 +173,7 @@ def layers(context_size):
     yield "lu-identity-no-bias", randomize(LULinear(D, init="identity", bias=False), std=0.3)
     yield "realnvp-lu-actnorm", randomize(lu_actnorm_flow(context_size), std=0.2).transform
     yield "context-affine", randomize(ContextAffine(D, context_size), std=0.5)
+    yield "context-linear", randomize(ContextLinear(D, context_size), std=0.3)
     if context_size:
         yield "class-whitening", fitted_whitening(context_size)
     yield "realnvp-class-affine", randomize(ConditionalRealNVP(D, context_size, couplings=2, hidden=[8],
@@ -342,6 +344,39 @@ def test_class_affine_flow_begins_with_the_layer_and_old_configs_are_unchanged()
     copy.load_state_dict(randomize(flow, std=0.1).state_dict())
     x, context = torch.randn(B, D), one_hot(B)
     assert torch.equal(copy.eval().log_prob(x, context), flow.eval().log_prob(x, context))
+
+
+# ------------------------------------------------------------------ ContextLinear
+
+def test_context_linear_starts_as_the_identity_and_gives_each_class_its_own_gaussian():
+    x, context = torch.randn(B, D), one_hot(B)
+    layer = ContextLinear(D, C)
+    z, logabsdet = layer(x, context)
+    assert torch.equal(z, x) and torch.equal(logabsdet, torch.zeros(B))
+    randomize(layer, std=0.3)
+    labels = context.argmax(1)
+    z, logabsdet = layer(x, context)
+    for row in range(B):  # each row by its own class's lower-triangular matrix and offset
+        c = int(labels[row])
+        matrix = layer.lower[c].tril(-1) + torch.diag(layer.log_diagonal[c].exp())
+        assert torch.allclose(z[row], matrix @ x[row] + layer.offset[c], atol=1e-5)
+        assert torch.isclose(logabsdet[row], torch.linalg.slogdet(matrix).logabsdet, atol=1e-5)
+    other = one_hot(B).roll(1, dims=1)
+    assert not torch.allclose(layer(x, other)[0], z), "the class changes the map"
+    with pytest.raises(ValueError, match="one-hot context of shape"):
+        layer(x)
+    copy = deserialize(serialize(layer))
+    copy.load_state_dict(layer.state_dict())
+    assert torch.equal(copy(x, context)[0], z)
+
+
+def test_a_spatial_flow_with_class_linear_ends_with_it():
+    from latentflows.flows import SpatialRealNVP
+
+    flow = SpatialRealNVP(2 * 4 * 4, context_size=2, couplings=2, latent_shape=[2, 4, 4], hidden=8, class_linear=True)
+    assert isinstance(flow.transform.transforms[-1], ContextLinear) and flow.get_config()["class_linear"]
+    plain = SpatialRealNVP(32, 2, couplings=2, latent_shape=[2, 4, 4], hidden=8)
+    assert not any(isinstance(m, ContextLinear) for m in plain.modules())
 
 
 # ------------------------------------------------------------------ ClassWhitening

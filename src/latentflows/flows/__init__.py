@@ -14,7 +14,7 @@ from .conditioners import MLP, CouplingNet
 from .coupling import Coupling, coupling_mask
 from .distributions import BaseDistribution, FlowDistribution, StandardNormal, check_sampling
 from .flow import Flow, StandardizedFlow
-from .linear import ActNorm, ContextAffine, LULinear
+from .linear import ActNorm, ContextAffine, ContextLinear, LULinear
 from .permutation import RandomPermutation
 from .realnvp import ConditionalRealNVP
 from .spatial import ConvConditioner, SpatialRealNVP, spatial_mask
@@ -26,6 +26,6 @@ __all__ = [
     "ElementwiseBijection", "Affine", "TanhAffine", "SoftplusAffine", "Additive", "MLP", "CouplingNet", "Coupling",
     "coupling_mask", "BaseDistribution", "StandardNormal", "FlowDistribution", "Flow", "RandomPermutation",
     "ConditionalRealNVP", "Standardize", "jacobian_logabsdet", "RationalQuadraticSpline", "ActNorm", "LULinear",
-    "ContextAffine", "ClassWhitening", "fit_leading_layers", "StandardizedFlow", "SpatialRealNVP",
+    "ContextAffine", "ContextLinear", "ClassWhitening", "fit_leading_layers", "StandardizedFlow", "SpatialRealNVP",
     "ConvConditioner", "spatial_mask", "check_sampling",
 ]

@@ -24,7 +24,7 @@ from .batchnorm import InvertibleBatchNorm
 from .coupling import Coupling
 from .distributions import StandardNormal
 from .flow import StandardizedFlow
-from .linear import ActNorm, ContextAffine
+from .linear import ActNorm, ContextAffine, ContextLinear
 from .standardize import Standardize
 
 SPATIAL_MASKS = ("checkerboard", "channel")
@@ -175,6 +175,8 @@ class SpatialRealNVP(StandardizedFlow):
             sample at every depth, not only through the conditioners); ``"batchnorm"``; or ``"none"``.
         class_affine: begin (after the standardization) with a ``ContextAffine`` layer: a mean
             and scale per class and feature, which keeps the grid's layout.
+        class_linear: end with a ``ContextLinear`` layer: a learned lower-triangular map and
+            offset per class, so the base is a full-covariance Gaussian per class.
         seed: unused (no random layers); accepted as every flow is built with it.
         standardize: begin with a fixed ``Standardize`` layer (statistics from ``mean``/``std``).
         mean, std: the standardization statistics (weights, not config).
@@ -194,7 +196,8 @@ class SpatialRealNVP(StandardizedFlow):
     def __init__(self, features: int, context_size: int = 0, couplings: int = 8,
                  latent_shape: Sequence[int] | None = None, hidden: int = 64, blocks: int = 1,
                  bijection: dict | None = None, normalization: str = "actnorm", class_affine: bool = True,
-                 seed: int = 0, standardize: bool = False, *, mean: Tensor | None = None, std: Tensor | None = None):
+                 class_linear: bool = False, seed: int = 0, standardize: bool = False, *,
+                 mean: Tensor | None = None, std: Tensor | None = None):
         if couplings < 1:
             raise ValueError(f"couplings must be at least 1, got {couplings}")
         if normalization not in SPATIAL_NORMALIZATIONS:
@@ -219,16 +222,20 @@ class SpatialRealNVP(StandardizedFlow):
                 layers.append(ContextAffine(features, context_size))
             elif normalization == "batchnorm":
                 layers.append(InvertibleBatchNorm(features))
+        if class_linear:
+            layers.append(ContextLinear(features, context_size))
         super().__init__(Composite(layers), StandardNormal(features), context_size)
         self.couplings, self.latent_shape, self.hidden, self.blocks = couplings, list(shape), int(hidden), int(blocks)
         self.bijection_spec, self.normalization, self.class_affine = bijection, normalization, class_affine
+        self.class_linear = class_linear
         self.seed, self.standardize = seed, standardize
 
     def get_config(self) -> dict[str, Any]:
         return {"features": self.features, "context_size": self.context_size, "couplings": self.couplings,
                 "latent_shape": self.latent_shape, "hidden": self.hidden, "blocks": self.blocks,
                 "bijection": self.bijection_spec, "normalization": self.normalization,
-                "class_affine": self.class_affine, "seed": self.seed, "standardize": self.standardize}
+                "class_affine": self.class_affine, "class_linear": self.class_linear, "seed": self.seed,
+                "standardize": self.standardize}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "SpatialRealNVP":
