@@ -108,12 +108,28 @@ def test_a_removed_flag_names_its_replacement_in_one_line(tmp_path, capsys, opti
 
 
 def test_the_replacements_set_what_the_removed_flags_did(capsys):
-    assert main(["train", "--show-config", "--bijection", "SoftplusAffine", "--mixing", "none",
+    assert main(["train", "--show-config", "--flow", "realnvp", "--bijection", "SoftplusAffine", "--mixing", "none",
                  "--normalization", "none"]) == 0
     flow = json.loads(capsys.readouterr().out)["stages"]["flow"]["config"]["model"]["config"]
     assert flow["bijection"] == {"class": "SoftplusAffine", "config": {}}
     assert flow["mixing"] == "none" and flow["normalization"] == "none"
     assert "permute" not in flow and "batch_norm" not in flow
+
+
+def test_a_flag_of_the_mlp_flow_names_the_fix_for_the_spatial_flow(capsys):
+    for flag, value in (("--hidden", "64"), ("--mask", "half"), ("--mixing", "lu"), ("--class-whitening", "off")):
+        assert main(["train", "--show-config", "--flow", "spatial", flag, value]) == 2
+        assert (f"{flag} is an option of --flow realnvp, and this run's flow is SpatialRealNVP: add --flow realnvp"
+                in capsys.readouterr().err)
+    assert main(["train", "--show-config", "--hidden", "64", "--flow", "realnvp", "--couplings", "4"]) == 0  # in any order
+    flow = json.loads(capsys.readouterr().out)["stages"]["flow"]["config"]["model"]
+    assert flow["class"] == "ConditionalRealNVP" and flow["config"]["couplings"] == 4
+    assert flow["config"]["conditioner"]["config"]["hidden"] == [64]
+    # from Python the same, whatever the keywords' order: --flow first, as on the command line
+    config = with_options(lf.PRESETS["quick"], hidden=[64], couplings=4, flow="realnvp")
+    assert config.get("stages.flow.config.model.config.couplings") == 4
+    with pytest.raises(ValueError, match="--hidden is an option of --flow realnvp"):
+        with_options(lf.PRESETS["quick"], hidden=[64], flow="spatial")
 
 
 @pytest.mark.parametrize("flags,first,second,path", [

@@ -11,7 +11,7 @@ import torch
 import latentflows as lf
 from latentflows.autoencoder import SpatialAutoencoder
 from latentflows.errors import LatentflowsError
-from latentflows.flows import ClassWhitening, ConditionalRealNVP, InvertibleBatchNorm, Standardize
+from latentflows.flows import ClassWhitening, ConditionalRealNVP, InvertibleBatchNorm, SpatialRealNVP, Standardize
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -70,6 +70,10 @@ PIPELINES = {
                                                                      normalization="batchnorm"),
     "spatial, LU mixing, ActNorm, class affine": lambda: spatial_pipeline(standardize=True, mixing="lu",
                                                                           normalization="actnorm", class_affine=True),
+    "spatial flow, class linear (quick's)": lambda: lf.LatentFlowPipeline(
+        SpatialAutoencoder(64, width=8, image_size=32),
+        SpatialRealNVP(64, 3, couplings=2, latent_shape=[4, 4, 4], hidden=8, class_linear=True, standardize=True),
+        CLASSES),
 }
 
 

@@ -152,3 +152,19 @@ def test_the_flow_option_names_whole_flows():
     assert spatial["class"] == "SpatialRealNVP" and spatial["config"]["standardize"]
     with pytest.raises(ValueError, match="choose one of realnvp, spatial"):
         with_options(quick, flow="glow")
+
+
+def test_the_spatial_flow_takes_the_autoencoders_grid_unless_its_config_names_one():
+    from latentflows.training import FlowStage
+
+    stage = FlowStage(epochs=1, batch_size=8, lr=1e-3, model=with_options(lf.PRESETS["quick"], flow="spatial").get(
+        "stages.flow.config.model"))
+    assert stage.build_flow(256, 2, 0, latent_shape=(16, 4, 4)).latent_shape == [16, 4, 4]  # a 4x4 code grid
+    assert stage.build_flow(256, 2, 0).latent_shape == [4, 8, 8]  # none known: an 8x8 grid is assumed
+    assert stage.dry_run({"embedding_dim": 64, "classes": 2, "latent_shape": (4, 4, 4)})["flow_parameters"] > 0
+    named = FlowStage(epochs=1, batch_size=8, lr=1e-3, model={"class": "SpatialRealNVP", "config": {
+        "latent_shape": [1, 16, 16], "hidden": 8, "couplings": 2}})
+    assert named.build_flow(256, 2, 0, latent_shape=(4, 8, 8)).latent_shape == [1, 16, 16]  # the config's own
+    mlp = FlowStage(epochs=1, batch_size=8, lr=1e-3, model={"class": "ConditionalRealNVP", "config": {
+        "couplings": 2, "hidden": [8]}})
+    assert mlp.build_flow(16, 2, 0, latent_shape=(1, 4, 4)).features == 16  # a flow without a grid ignores it

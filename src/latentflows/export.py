@@ -19,9 +19,9 @@ The graph (inputs and outputs float32, ``B`` any batch size):
 The exporter is PyTorch's TorchScript-based one (``torch.onnx.export(..., dynamo=False)``):
 it needs nothing beyond torch and onnx, while the newer ``torch.export``-based exporter also
 needs the ``onnxscript`` package; the generator is a fixed graph without data-dependent
-control flow, which tracing captures exactly. One layer is rewritten for the export: an
-``LULinear``'s inverse (two triangular solves, which ONNX lacks) becomes one matrix product
-(see ``Generator``). ``check_onnx`` then compares onnxruntime with PyTorch.
+control flow, which tracing captures exactly. Two layers are rewritten for the export: the
+inverses of ``LULinear`` and ``ContextLinear`` (triangular solves, which ONNX lacks) become
+matrix products (see ``Generator``). ``check_onnx`` then compares onnxruntime with PyTorch.
 
 Example:
     >>> import tempfile, torch, latentflows as lf
@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from ._version import __version__
 from .errors import LatentflowsError
 from .extras import require
-from .flows import Composite, Coupling, LULinear, Transform
+from .flows import Composite, ContextLinear, Coupling, LULinear, Transform
 from .runtime import evaluation_mode
 from .storage import atomic_write
 
@@ -125,8 +125,36 @@ class _FrozenLinearInverse(nn.Module):
             self.register_buffer("bias", bias.detach().clone().to(layer.lower.dtype))
             self.register_buffer("logabsdet", -layer.log_diag.detach().sum())
 
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         return (z - self.bias) @ self.matrix, self.logabsdet.expand(z.shape[0])
+
+
+class _FrozenContextLinearInverse(nn.Module):
+    """The inverse of a ``ContextLinear`` as matrix products: ``x = L(c)^-1 (z - b(c))``.
+
+    Its ``inverse`` solves a triangular system per class, which ONNX has no operator for; with
+    the weights fixed each class's inverse matrix is computed once, in float64. Every class's
+    map runs on the whole batch and the one-hot class picks each row's (no indexing by label).
+    """
+
+    matrices: Tensor
+    offsets: Tensor
+    logabsdets: Tensor
+
+    def __init__(self, layer: ContextLinear):
+        super().__init__()
+        with torch.no_grad():
+            dtype = layer.lower.dtype
+            matrices = layer.lower.double().tril(-1) + torch.diag_embed(layer.log_diagonal.double().exp())
+            self.register_buffer("matrices", torch.linalg.inv(matrices).to(dtype))
+            self.register_buffer("offsets", layer.offset.detach().clone())
+            self.register_buffer("logabsdets", -layer.log_diagonal.detach().sum(1))
+        self.classes = layer.classes
+
+    def forward(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        weights = context if self.classes else z.new_ones(z.shape[0], 1)
+        mapped = torch.einsum("cij,cbj->cbi", self.matrices, z.unsqueeze(0) - self.offsets.unsqueeze(1))
+        return torch.einsum("bc,cbi->bi", weights, mapped), weights @ self.logabsdets
 
 
 class Generator(nn.Module):
@@ -143,9 +171,9 @@ class Generator(nn.Module):
 
     Args:
         pipeline: the trained pipeline (a ``LatentFlowPipeline``).
-        exportable: replace the layers ONNX cannot express by equivalent ones (an
-            ``LULinear``'s triangular solves by its inverse matrix, a snapshot of its weights
-            now). With False, every layer runs its own ``inverse``: the reference the export
+        exportable: replace the layers ONNX cannot express by equivalent ones (the triangular
+            solves of an ``LULinear`` or a ``ContextLinear`` by inverse matrices, a snapshot of
+            their weights now). With False, every layer runs its own ``inverse``: the reference the export
             is checked against.
 
     Example:
@@ -177,6 +205,8 @@ class Generator(nn.Module):
             for layer in _layers(flow.transform):
                 if isinstance(layer, LULinear):
                     self.frozen[str(id(layer))] = _FrozenLinearInverse(layer)
+                elif isinstance(layer, ContextLinear):
+                    self.frozen[str(id(layer))] = _FrozenContextLinearInverse(layer)
         self.training = False
 
     def train(self, mode: bool = True) -> "Generator":
@@ -193,7 +223,7 @@ class Generator(nn.Module):
             return z, total
         key = str(id(transform))
         if key in self.frozen:
-            return self.frozen[key](z)
+            return self.frozen[key](z, context)
         return transform.inverse(z, context)
 
     def forward(self, noise: Tensor, class_one_hot: Tensor) -> tuple[Tensor, Tensor]:

@@ -29,7 +29,7 @@ _REALNVP: dict[str, Any] = {"class": "ConditionalRealNVP", "config": {
 FLOWS = {
     "realnvp": {"class": "ConditionalRealNVP", "config": {**copy.deepcopy(_REALNVP["config"]), "class_whitening": True}},
     "spatial": {"class": "SpatialRealNVP", "config": {"couplings": 8, "hidden": 32, "blocks": 1,
-                                                      "standardize": True}},
+                                                      "class_linear": True, "standardize": True}},
 }
 
 

@@ -15,7 +15,7 @@ import inspect
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..config import AE, AE_MODEL, CONDITIONER, FLOW, FLOW_MODEL, RunConfig
 from ..errors import LatentflowsError
@@ -228,6 +228,8 @@ class Option:
         parse: the value's parser (text or a Python value -> a checked value; ValueError if bad).
         help: the flag's help text.
         convert: the parsed value -> the config value (e.g. a name -> a spec), if they differ.
+        flow: the flow class whose option this is (None: any flow's, or not a flow option);
+            given for a run with another flow, it is refused (``refuse_other_flows_options``).
 
     Example:
         >>> OPTIONS["bijection"].path, OPTIONS["bijection"].to_config("SoftplusAffine")
@@ -238,11 +240,14 @@ class Option:
     parse: Callable[[Any], Any]
     help: str
     convert: Callable[[Any], Any] | None = None  # parsed value -> config value (e.g. a name -> a spec)
+    flow: str | None = None
 
     def to_config(self, value: Any) -> Any:
         value = self.parse(value)
         return self.convert(value) if self.convert else value
 
+
+REALNVP: str = str(FLOWS["realnvp"]["class"])
 
 OPTIONS: dict[str, Option] = {
     "seed": Option("seed", integer, "random seed: same seed, same weights and samples on CPU"),
@@ -264,27 +269,34 @@ OPTIONS: dict[str, Option] = {
     "latent-noise": Option(f"{AE}.latent_noise", non_negative_float,
                            "noise on the codes the decoder sees while training, in units of each code's spread"),
     "flow": Option(f"{FLOW}.model", choice(*FLOWS),
-                   "the flow: realnvp (MLP couplings on the flat code, after one Gaussian per class; quick's) or "
-                   "spatial (SpatialRealNVP: convolutional checkerboard/channel couplings on the 8x8 code grid; "
-                   "its options are set with --couplings or --set stages.flow.config.model.config.hidden=N)",
+                   "the flow: realnvp (MLP couplings on the flat code, after one Gaussian per class; quick's; "
+                   "the flags marked realnvp) or spatial (SpatialRealNVP: convolutional checkerboard/channel "
+                   "couplings on the code's grid, a full-covariance Gaussian per class at the base; its options "
+                   "are set with --couplings or --set stages.flow.config.model.config.hidden=N)",
                    flow_spec),
     "couplings": Option(f"{FLOW_MODEL}.couplings", positive_int, "number of coupling layers"),
-    "hidden": Option(f"{CONDITIONER}.hidden", sizes, "hidden sizes of each coupling network, e.g. 256,256"),
-    "mask": Option(f"{FLOW_MODEL}.mask", choice("alternate", "half"), "coupling mask: alternate or half"),
+    "hidden": Option(f"{CONDITIONER}.hidden", sizes, "realnvp: hidden sizes of each coupling network, e.g. 256,256",
+                     flow=REALNVP),
+    "mask": Option(f"{FLOW_MODEL}.mask", choice("alternate", "half"), "realnvp: coupling mask: alternate or half",
+                   flow=REALNVP),
     "shared-network": Option(f"{CONDITIONER}.shared", on_off,
-                             "one network for all coupling parameters (on) or one per parameter (off)"),
+                             "realnvp: one network for all coupling parameters (on) or one per parameter (off)",
+                             flow=REALNVP),
     "residual": Option(f"{CONDITIONER}.residual", on_off,
-                       "residual blocks in the coupling networks (on/off; hidden sizes must be equal)"),
+                       "realnvp: residual blocks in the coupling networks (on/off; hidden sizes must be equal)",
+                       flow=REALNVP),
     "bijection": Option(f"{FLOW_MODEL}.bijection", name_or_spec,
                         "element-wise bijection of the couplings, by registered name (TanhAffine, "
                         "SoftplusAffine, Additive, RationalQuadraticSpline, or your own), with options as "
                         "NAME:JSON, e.g. 'RationalQuadraticSpline:{\"bins\": 4}'", bijection_spec),
     "mixing": Option(f"{FLOW_MODEL}.mixing", choice("permutation", "lu", "none"),
-                     "layer between couplings: a random permutation, a learned LU-linear map (Glow), or none"),
+                     "realnvp: layer between couplings: a random permutation, a learned LU-linear map (Glow), "
+                     "or none", flow=REALNVP),
     "normalization": Option(f"{FLOW_MODEL}.normalization", choice("batchnorm", "actnorm", "none"),
                             "normalization after each coupling: invertible batch norm, ActNorm (Glow), or none"),
     "class-whitening": Option(f"{FLOW_MODEL}.class_whitening", on_off,
-                              "begin the flow with one Gaussian per class, fitted to the training codes (on/off)"),
+                              "realnvp: begin the flow with one Gaussian per class, fitted to the training codes "
+                              "(on/off)", flow=REALNVP),
     "flow-noise": Option(f"{FLOW}.noise", non_negative_float,
                          "std of Gaussian noise on the standardized embeddings while the flow trains"),
     "flow-augment": Option(f"{FLOW}.augment", non_negative_int,
@@ -351,16 +363,38 @@ def with_options(config: RunConfig, **options: Any) -> RunConfig:
         ...
         ValueError: --scale-fn was removed; use --bijection TanhAffine
     """
-    values = {}
+    given = {}
     for name, value in options.items():
         flag = name.replace("_", "-")
         if flag in REMOVED:
             raise ValueError(REMOVED[flag].message(flag, value))
-        option = OPTIONS.get(flag)
-        if option is None:
+        if flag not in OPTIONS:
             raise ValueError(f"unknown option {name!r}; known: {', '.join(sorted(OPTIONS))}")
-        values[option.path] = option.to_config(value)
-    return config.with_values(values)
+        given[flag] = value
+    # in the table's order, as on the command line: --flow replaces the model before --couplings edits it
+    config = config.with_values({OPTIONS[flag].path: OPTIONS[flag].to_config(given[flag])
+                                 for flag in OPTIONS if flag in given})
+    refuse_other_flows_options(config, given)
+    return config
+
+
+def refuse_other_flows_options(config: RunConfig, flags: Iterable[str]) -> None:
+    """Raise ``ValueError`` for a flag of one flow given for a run with another, naming the fix.
+
+    Example:
+        >>> from latentflows import PRESETS
+        >>> refuse_other_flows_options(with_options(PRESETS["quick"], flow="spatial"), ["hidden"])
+        Traceback (most recent call last):
+        ...
+        ValueError: --hidden is an option of --flow realnvp, and this run's flow is SpatialRealNVP: add --flow realnvp, ...
+    """
+    flow = config.get(f"{FLOW}.model.class")
+    for flag in flags:
+        owner = OPTIONS[flag].flow
+        if owner is not None and owner != flow:
+            name = next(name for name, spec in FLOWS.items() if spec["class"] == owner)
+            raise ValueError(f"--{flag} is an option of --flow {name}, and this run's flow is {flow}: add --flow "
+                             f"{name}, or set {flow}'s own options with --set {FLOW_MODEL}.NAME=VALUE")
 
 
 # ---------------------------------------------------------------------- on the command line

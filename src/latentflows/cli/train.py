@@ -16,7 +16,16 @@ from ..errors import LatentflowsError
 from ..presets import PRESETS
 from ..runtime import Runtime, add_compute_options
 from .common import add_import_option, import_modules, runtime_of, say
-from .options import add_option_flags, add_set_option, argument, config_values, given_flags, positive_int, refuse_removed_flags
+from .options import (
+    add_option_flags,
+    add_set_option,
+    argument,
+    config_values,
+    given_flags,
+    positive_int,
+    refuse_other_flows_options,
+    refuse_removed_flags,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import RunConfig
@@ -67,6 +76,7 @@ def run(args: argparse.Namespace) -> None:
         return
     try:
         config = PRESETS[args.preset].with_values(config_values(args))
+        refuse_other_flows_options(config, [flag[2:] for flag in given_flags(args) if flag != "--set"])
         validate_config(config)
     except ValueError as error:
         raise LatentflowsError(str(error)) from None

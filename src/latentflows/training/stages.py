@@ -8,6 +8,7 @@ subclass of ``Stage``, named in the run config.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -19,7 +20,7 @@ from ..data import Batches, ImageDataset, MappedImages, mirror_and_shift
 from ..flows import Flow, Standardize, Transform, fit_leading_layers
 from ..layers import GaussianNoise
 from ..losses import to_bits_per_dim
-from ..registry import Configurable, build, register
+from ..registry import Configurable, build, get_registered, register
 from ..runtime import Runtime
 from .callbacks import Callback, CosineLearningRate, EarlyStopping
 from .objective import Objective
@@ -238,7 +239,8 @@ class AutoencoderStage(Stage):
     def dry_run(self, shapes: dict[str, Any]) -> dict[str, Any]:
         autoencoder = self.build_model(shapes["image_size"], shapes.get("classes", 2))
         self.objective()
-        return {**shapes, "embedding_dim": autoencoder.embedding_dim}
+        latent = getattr(autoencoder, "latent_shape", None)  # a spatial autoencoder's code grid
+        return {**shapes, "embedding_dim": autoencoder.embedding_dim, **({"latent_shape": latent} if latent else {})}
 
     def plan(self, context: StageContext) -> StagePlan:
         autoencoder = self.build_model(context.image_size, len(context.class_names))
@@ -367,11 +369,20 @@ class FlowStage(Stage):
         self.noise, self.patience, self.augment = noise, patience, augment
 
     def build_flow(self, features: int, classes: int, seed: int, mean: Tensor | None = None,
-                   std: Tensor | None = None) -> Flow:
-        return build(self.model_spec, Flow, features=features, context_size=classes, seed=seed, mean=mean, std=std)
+                   std: Tensor | None = None, latent_shape: Any = None) -> Flow:
+        """The flow of ``model`` for these sizes. A flow that takes ``latent_shape`` (one on the
+        code's grid) and is not given one gets the autoencoder's, so the grid it convolves over
+        is the code's at every image size."""
+        inject: dict[str, Any] = {"features": features, "context_size": classes, "seed": seed, "mean": mean, "std": std}
+        config = self.model_spec.get("config") or {}
+        if latent_shape is not None and "latent_shape" not in config and \
+                "latent_shape" in inspect.signature(get_registered(self.model_spec["class"])).parameters:
+            inject["latent_shape"] = [int(size) for size in latent_shape]
+        return build(self.model_spec, Flow, **inject)
 
     def dry_run(self, shapes: dict[str, Any]) -> dict[str, Any]:
-        flow = self.build_flow(shapes["embedding_dim"], shapes.get("classes", 2), 0)
+        flow = self.build_flow(shapes["embedding_dim"], shapes.get("classes", 2), 0,
+                               latent_shape=shapes.get("latent_shape"))
         self.objective()
         return {**shapes, "flow_parameters": sum(p.numel() for p in flow.parameters())}
 
@@ -393,8 +404,8 @@ class FlowStage(Stage):
             raw_train = torch.cat([raw_train, self.augmented_codes(autoencoder, context.train_set.images,
                                                                    context.seed + 2)])
             labels = labels.repeat(1 + self.augment)
-        flow = self.build_flow(raw_train.shape[1], len(context.class_names), context.seed,
-                               statistics.mean, statistics.std).to(context.runtime.device)
+        flow = self.build_flow(raw_train.shape[1], len(context.class_names), context.seed, statistics.mean,
+                               statistics.std, getattr(autoencoder, "latent_shape", None)).to(context.runtime.device)
         # a flow without a head: the identity
         head = fixed_head(flow) or Standardize(raw_train.shape[1]).to(raw_train.device)
         with torch.no_grad():
