@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence, cast
 
+import torch
 from torch import Tensor, nn
 
 from ..registry import Configurable, deserialize, register, serialize
@@ -86,3 +87,24 @@ def check_features(x: Tensor, features: int, where: str) -> None:
     """Raise a clear error unless ``x`` is a (batch, features) matrix."""
     if x.dim() != 2 or x.shape[1] != features:
         raise ValueError(f"{where} expects inputs of shape (batch, {features}), got {tuple(x.shape)}")
+
+
+def class_labels(x: Tensor, context: Tensor | None, classes: int, where: str) -> Tensor:
+    """The class of each row of ``x`` from its one-hot ``context``, with a clear error otherwise."""
+    if context is None or context.shape != (x.shape[0], classes):
+        got = None if context is None else tuple(context.shape)
+        raise ValueError(f"{where} needs a one-hot context of shape (batch, {classes}), got {got}")
+    return context.argmax(1)
+
+
+def per_class_matmul(matrices: Tensor, x: Tensor, labels: Tensor) -> Tensor:
+    """Row ``b`` times ``matrices[labels[b]]``: every class's map on the whole batch, then each
+    row's own, with no boolean indexing (no host sync per step on a GPU; C small products).
+
+    Example:
+        >>> import torch
+        >>> per_class_matmul(torch.stack([torch.eye(2), 2 * torch.eye(2)]), torch.ones(2, 2), torch.tensor([1, 0]))
+        tensor([[2., 2.],
+                [1., 1.]])
+    """
+    return torch.einsum("cij,bj->cbi", matrices, x)[labels, torch.arange(x.shape[0], device=x.device)]

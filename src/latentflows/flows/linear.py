@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..registry import register
-from .base import Transform, check_features
+from .base import Transform, check_features, class_labels, per_class_matmul
 
 LU_INITS = ("orthogonal", "identity")
 
@@ -340,19 +340,15 @@ class ContextLinear(Transform):
     def _labels(self, x: Tensor, context: Tensor | None) -> Tensor:
         if not self.classes:
             return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        if context is None or context.shape != (x.shape[0], self.classes):
-            got = None if context is None else tuple(context.shape)
-            raise ValueError(f"ContextLinear needs a one-hot context of shape (batch, {self.classes}), got {got}")
-        return context.argmax(1)
+        return class_labels(x, context, self.classes, "ContextLinear")
 
     def _matrices(self) -> Tensor:
         return self.lower.tril(-1) + torch.diag_embed(self.log_diagonal.exp())
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features(x, self.features, "ContextLinear")
-        labels, rows = self._labels(x, context), torch.arange(x.shape[0], device=x.device)
-        # every class's map on the whole batch, then each row's own (no boolean indexing: no host sync)
-        z = torch.einsum("cij,bj->cbi", self._matrices(), x)[labels, rows] + self.offset[labels]
+        labels = self._labels(x, context)
+        z = per_class_matmul(self._matrices(), x, labels) + self.offset[labels]
         return z, self.log_diagonal.sum(1)[labels]
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

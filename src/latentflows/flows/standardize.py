@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..registry import register
-from .base import Transform, check_features
+from .base import Transform, check_features, class_labels, per_class_matmul
 
 
 @register
@@ -133,16 +133,11 @@ class ClassWhitening(Transform):
                 cholesky, torch.eye(self.features, dtype=rows.dtype), upper=False).to(self.whitening)
 
     def _labels(self, x: Tensor, context: Tensor | None) -> Tensor:
-        if context is None or context.shape != (x.shape[0], self.classes):
-            got = None if context is None else tuple(context.shape)
-            raise ValueError(f"ClassWhitening needs a one-hot context of shape (batch, {self.classes}), got {got}")
-        return context.argmax(1)
+        return class_labels(x, context, self.classes, "ClassWhitening")
 
     def _map(self, x: Tensor, context: Tensor | None, matrices: Tensor, forward: bool) -> tuple[Tensor, Tensor]:
         labels = self._labels(x, context)
-        # every class's map on the whole batch, then each row's own: no boolean indexing, so
-        # no host sync per step on a GPU (C times one D x D product: cheap beside the couplings)
-        mapped = torch.einsum("cij,bj->cbi", matrices, x)[labels, torch.arange(x.shape[0], device=x.device)]
+        mapped = per_class_matmul(matrices, x, labels)
         log_diagonal = self.whitening.diagonal(dim1=1, dim2=2).log().sum(1)  # log|det W_c| per class
         if forward:  # z = W_c x - W_c mean_c
             return mapped - (self.mean.unsqueeze(1) @ matrices.transpose(1, 2)).squeeze(1)[labels], log_diagonal[labels]
