@@ -327,6 +327,29 @@ def test_context_affine_standardizes_each_class_on_its_first_batch_then_trains_a
         layer(x)
 
 
+def test_context_affine_initialises_one_hot_classes_to_their_exact_mean_and_spread():
+    """By the class's own mean and spread, not by least squares: LAPACK's float32 solution
+    moved by an ulp from one process to the next, so two identical runs trained apart."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 256, generator=generator) * 3 + 1
+    labels = torch.randint(0, 2, (64,), generator=generator)
+    layer = ContextAffine(256, 2).train()
+    layer(x, torch.eye(2)[labels])
+    for c in range(2):
+        rows = x[labels == c]
+        assert torch.equal(layer.shift.weight[:, c], rows.mean(0))
+        assert torch.equal(layer.log_scale.weight[:, c], -0.5 * torch.log(rows.var(0, unbiased=False)))
+
+
+def test_context_affine_fits_a_continuous_context_by_least_squares():
+    t = torch.linspace(-1, 1, 50).unsqueeze(1)
+    context = torch.cat([torch.ones_like(t), t], 1)  # not one-hot: the mean is a line in t
+    x = 2.0 + 3.0 * t + 0.1 * torch.randn(50, 1, generator=torch.Generator().manual_seed(0))
+    layer = ContextAffine(1, 2).train()
+    layer(x, context)
+    assert torch.allclose(layer.shift.weight, torch.tensor([[2.0, 3.0]]), atol=0.1)
+
+
 def test_context_affine_without_a_class_in_the_first_batch_leaves_that_class_alone():
     layer = ContextAffine(D, C).train()
     context = torch.nn.functional.one_hot(torch.arange(8) % 2, C).float()  # class 2 absent
@@ -368,6 +391,30 @@ def test_context_linear_starts_as_the_identity_and_gives_each_class_its_own_gaus
     copy = deserialize(serialize(layer))
     copy.load_state_dict(layer.state_dict())
     assert torch.equal(copy(x, context)[0], z)
+
+
+def test_context_linear_gradients_repeat_bit_for_bit_on_several_threads():
+    """Advanced indexing (``offset[labels]``) accumulates its gradient across threads in no
+    fixed order, so two identical training runs drifted apart; the layer must not use it."""
+    torch.manual_seed(0)
+    layer = randomize(ContextLinear(256, 2), std=0.3)
+    x, context = torch.randn(512, 256), one_hot(512, classes=2)
+    weights = torch.randn(512, 256)
+
+    def gradients() -> list[torch.Tensor]:
+        layer.zero_grad()
+        z, logabsdet = layer(x, context)
+        ((z * weights).sum() + logabsdet.sum()).backward()
+        return [p.grad.clone() for p in layer.parameters()]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, 2))
+    try:
+        first = gradients()
+        for _ in range(20):
+            assert all(torch.equal(a, b) for a, b in zip(first, gradients()))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_spatial_flow_with_class_linear_ends_with_it():

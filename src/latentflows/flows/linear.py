@@ -98,6 +98,10 @@ class ActNorm(Transform):
         return {"features": self.features, "eps": self.eps}
 
 
+def _is_one_hot(context: Tensor) -> bool:
+    return bool(((context == 0) | (context == 1)).all() and (context.sum(1) == 1).all())
+
+
 @register
 class LULinear(Transform):
     """An invertible linear map ``z = W x + bias`` with ``W = P L U`` stored as its LU factors.
@@ -264,8 +268,14 @@ class ContextAffine(Transform):
         """Fit ``shift`` to ``x`` and ``log_scale`` to its spread, by least squares in the context."""
         if x.shape[0] < 2:
             raise ValueError("ContextAffine initialises from its first training batch, which needs at least 2 samples")
-        mean = torch.linalg.lstsq(context, x).solution                      # (context, features)
-        variance = torch.linalg.lstsq(context, (x - context @ mean).pow(2)).solution
+        if _is_one_hot(context):  # per-class mean and spread: the same bits on every run, which
+            # LAPACK's least squares does not give (its result moves with the memory alignment)
+            rows = [x[context[:, c] > 0] for c in range(context.shape[1])]
+            mean = torch.stack([r.mean(0) if len(r) else x.new_zeros(x.shape[1]) for r in rows])
+            variance = torch.stack([r.var(0, unbiased=False) if len(r) else x.new_zeros(x.shape[1]) for r in rows])
+        else:
+            mean = torch.linalg.lstsq(context, x).solution                  # (context, features)
+            variance = torch.linalg.lstsq(context, (x - context @ mean).pow(2)).solution
         variance = torch.where(variance > self.eps, variance, torch.ones_like(variance))  # no spread seen: scale 1
         self.shift.weight.copy_(mean.T)
         self.log_scale.weight.copy_(-0.5 * torch.log(variance).T)
@@ -348,15 +358,17 @@ class ContextLinear(Transform):
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features(x, self.features, "ContextLinear")
         labels = self._labels(x, context)
-        z = per_class_matmul(self._matrices(), x, labels) + self.offset[labels]
-        return z, self.log_diagonal.sum(1)[labels]
+        # index_select, not self.offset[labels]: the backward of advanced indexing accumulates
+        # with several threads in no fixed order, and training would not repeat bit for bit
+        z = per_class_matmul(self._matrices(), x, labels) + self.offset.index_select(0, labels)
+        return z, self.log_diagonal.sum(1).index_select(0, labels)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features(z, self.features, "ContextLinear")
         labels, rows = self._labels(z, context), torch.arange(z.shape[0], device=z.device)
         shifted = (z.unsqueeze(0) - self.offset.unsqueeze(1)).transpose(1, 2)  # (classes, features, batch)
         x = torch.linalg.solve_triangular(self._matrices(), shifted, upper=False).transpose(1, 2)[labels, rows]
-        return x, -self.log_diagonal.sum(1)[labels]
+        return x, -self.log_diagonal.sum(1).index_select(0, labels)
 
     def get_config(self) -> dict[str, Any]:
         return {"features": self.features, "classes": self.classes}
