@@ -103,8 +103,8 @@ def tiny_config():
     from latentflows import PRESETS
     from latentflows.cli.options import with_options
 
-    return with_options(PRESETS["quick"], width=8, embedding_dim=64, ae_epochs=2, ae_batch_size=32, couplings=3,
-                        hidden=[32], flow_epochs=3, flow_batch_size=64).with_values(
+    return with_options(PRESETS["quick"], width=8, embedding_dim=64, ae_epochs=2, ae_batch_size=32, couplings=3, channels=8,
+                        flow_epochs=3, flow_batch_size=64).with_values(
         {"stages.flow.config.patience": None})
 
 

@@ -21,8 +21,8 @@ from latentflows.training.stages import StageContext
 
 # no per-step randomness (flips, noise): processes draw it for their own rows, one process for all
 CONFIG = with_options(
-    lf.PRESETS["quick"], width=8, embedding_dim=64, ae_epochs=1, ae_batch_size=32, couplings=2, hidden=[16], flow_epochs=2,
-    flow_batch_size=64, flip=False, flow_noise=0.0).with_values({"stages.flow.config.patience": None})
+    lf.PRESETS["quick"], width=8, embedding_dim=64, ae_epochs=1, ae_batch_size=32, flow="realnvp", couplings=2, hidden=[16],
+    flow_epochs=2, flow_batch_size=64, flip=False, flow_noise=0.0).with_values({"stages.flow.config.patience": None})
 
 
 def first_gradients(pets, runtime):

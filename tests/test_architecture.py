@@ -20,7 +20,7 @@ from latentflows.training import Objective, Term, Trainer, Update, adam, build_s
 SRC = Path(lf.__file__).resolve().parent
 FORMAT_1_RUN = Path(__file__).resolve().parent / "data" / "run-format-1"
 TINY = ["--width", "8", "--embedding-dim", "64", "--ae-epochs", "1", "--ae-batch-size", "32", "--couplings", "2",
-        "--hidden", "16", "--flow-epochs", "2", "--flow-batch-size", "64", "--no-progress"]
+        "--channels", "8", "--flow-epochs", "2", "--flow-batch-size", "64", "--no-progress"]
 
 
 # ------------------------------------------------------------------ extensions defined here, not in the library

@@ -9,7 +9,7 @@ import latentflows as lf
 from latentflows.cli import COMMANDS, Command, main
 from latentflows.cli.options import OPTIONS, with_options
 
-TINY = ["--width", "8", "--embedding-dim", "64", "--ae-epochs", "1", "--couplings", "2", "--hidden", "32",
+TINY = ["--width", "8", "--embedding-dim", "64", "--ae-epochs", "1", "--couplings", "2", "--channels", "8",
         "--flow-epochs", "2", "--no-progress"]
 
 

@@ -298,7 +298,7 @@ def test_checkpoint_callback_writes_atomically_and_loads_back(tmp_path):
 
 
 def test_residual_option_reaches_the_coupling_networks(small_pets, tiny_config):
-    pipeline = lf.train(small_pets, with_options(tiny_config, residual=True, hidden=[16, 16], flow_epochs=1,
+    pipeline = lf.train(small_pets, with_options(tiny_config, flow="realnvp", residual=True, hidden=[16, 16], flow_epochs=1,
                                                  ae_epochs=1), None, progress=False, figures=False)
     assert any(isinstance(m, ResidualBlock) for m in pipeline.flow.modules())
 

@@ -17,7 +17,7 @@ pytest.importorskip("accelerate", reason="the distributed extra: pip install 'la
 psutil = pytest.importorskip("psutil")  # installed with accelerate
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
-TINY = ["--width", "8", "--embedding-dim", "64", "--couplings", "2", "--hidden", "16", "--flow-batch-size", "64",
+TINY = ["--width", "8", "--embedding-dim", "64", "--couplings", "2", "--channels", "8", "--flow-batch-size", "64",
         "--ae-batch-size", "32", "--limit", "200", "--no-progress", "--device", "cpu"]
 
 

@@ -34,7 +34,7 @@ from latentflows.runtime import Runtime, resolve_device
 from latentflows.saving import load_model, save_model
 from latentflows.storage import save_safetensors
 
-TINY = ["--width", "8", "--embedding-dim", "64", "--ae-epochs", "1", "--couplings", "2", "--hidden", "32",
+TINY = ["--width", "8", "--embedding-dim", "64", "--ae-epochs", "1", "--couplings", "2", "--channels", "8",
         "--flow-epochs", "2", "--no-progress"]
 
 

@@ -50,7 +50,7 @@ SOURCE = textwrap.dedent('''
             return {"floor": self.floor}
 ''')
 TINY = ["--width", "8", "--embedding-dim", "64", "--ae-epochs", "1", "--ae-batch-size", "32", "--couplings", "2",
-        "--hidden", "16", "--flow-epochs", "2", "--flow-batch-size", "64", "--no-progress"]
+        "--channels", "8", "--flow-epochs", "2", "--flow-batch-size", "64", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

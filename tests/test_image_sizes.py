@@ -36,7 +36,7 @@ def random_pets(size: int, n: int = IMAGES) -> lf.ImageDataset:
 def one_step_config(size: int, model: dict) -> lf.RunConfig:
     return with_options(
         lf.PRESETS["quick"], image_size=size, ae_epochs=1, ae_batch_size=TRAIN_BATCH, flow_epochs=1, flow_batch_size=TRAIN_BATCH,
-        couplings=2, hidden=[16]).with_values({"stages.autoencoder.config.model": model,
+        couplings=2, channels=8).with_values({"stages.autoencoder.config.model": model,
                                                 "stages.flow.config.patience": None})
 
 
@@ -94,7 +94,7 @@ def test_the_best_presets_terms_train_a_step_at_every_size(term, size, tmp_path)
         terms["perceptual"] = {"class": "Perceptual", "config": {"weight": 0.5}}
     config = with_options(
         best, image_size=size, ae_epochs=1, ae_batch_size=TRAIN_BATCH, flow_epochs=1, flow_batch_size=TRAIN_BATCH,
-        couplings=2, hidden=[16]).with_values({"stages.autoencoder.config.model.config.width": 8,
+        couplings=2, channels=8).with_values({"stages.autoencoder.config.model.config.width": 8,
                                                 "stages.autoencoder.config.model.config.blocks": 1,
                                                 "stages.autoencoder.config.terms": {**terms, "adversarial": adversarial}})
     pipeline = lf.train(random_pets(size), config, tmp_path / "run", progress=False, figures=False)

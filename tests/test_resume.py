@@ -90,7 +90,7 @@ def cli(*args):
 # A small run killed at exact moments (tests/kill_switch.py): 8 autoencoder steps in each of 3
 # epochs, then 4 flow steps in each of 4 epochs; a checkpoint after every epoch (7 in all).
 KILLED_RUN = ["--limit", "300", "--width", "8", "--embedding-dim", "64", "--ae-epochs", "3", "--ae-batch-size", "32",
-              "--couplings", "2", "--hidden", "32", "--flow-epochs", "4", "--flow-batch-size", "64",
+              "--couplings", "2", "--channels", "8", "--flow-epochs", "4", "--flow-batch-size", "64",
               "--import", "kill_switch"]
 STEPS = {"autoencoder": 24, "flow": 16}
 # 20 moments over both stages: mid-step of every epoch, the first and last step of each stage, and

@@ -72,7 +72,7 @@ def test_deterministic_training_gives_identical_weights(small_pets, tiny_config)
 def test_every_tensor_a_training_step_makes_follows_the_model_to_its_device(small_pets):
     """On the meta device, any op that mixes in a tensor made on the CPU raises: the guard
     that batches, contexts, noise and losses are all made where the model is."""
-    config = with_options(lf.PRESETS["quick"], width=8, embedding_dim=64, couplings=2, hidden=[16]).with_values({
+    config = with_options(lf.PRESETS["quick"], width=8, embedding_dim=64, couplings=2, hidden=[16], flow="realnvp").with_values({
         "stages.autoencoder.config.terms.adversarial": {"class": "Adversarial", "config": {"start": 0, "width": 8}},
         "stages.autoencoder.config.latent_noise": 0.1})
     train_set, val_set = run_split(small_pets, config)
@@ -187,7 +187,7 @@ def test_auto_precision_is_fp32_where_the_kernels_cannot_use_bf16_units(hidden):
 def test_the_cli_trains_in_auto_precision_by_default_and_records_it(tmp_path, pets_parquet, capsys):
     run = tmp_path / "run"
     assert main(["train", "--data", str(pets_parquet), "--limit", "120", "--width", "8", "--embedding-dim", "64",
-                 "--ae-epochs", "1", "--flow-epochs", "1", "--couplings", "1", "--hidden", "16", "--out", str(run)]) == 0
+                 "--ae-epochs", "1", "--flow-epochs", "1", "--couplings", "1", "--channels", "8", "--out", str(run)]) == 0
     expected = Runtime("cpu", "auto")
     err = capsys.readouterr().err
     assert f"{expected.precision} ({expected.precision_reason})" in err  # the status lines say it

@@ -147,9 +147,9 @@ def test_a_spatial_flow_trains_saves_and_samples_end_to_end(small_pets, tiny_con
 
 def test_the_flow_option_names_whole_flows():
     quick = lf.PRESETS["quick"]
-    assert with_options(quick, flow="realnvp").as_dict() == quick.as_dict()  # quick's own flow, by name
-    spatial = with_options(quick, flow="spatial").as_dict()["stages"]["flow"]["config"]["model"]
-    assert spatial["class"] == "SpatialRealNVP" and spatial["config"]["standardize"]
+    assert with_options(quick, flow="spatial").as_dict() == quick.as_dict()  # quick's own flow, by name
+    realnvp = with_options(quick, flow="realnvp").as_dict()["stages"]["flow"]["config"]["model"]
+    assert realnvp["class"] == "ConditionalRealNVP" and realnvp["config"]["class_whitening"]
     with pytest.raises(ValueError, match="choose one of realnvp, spatial"):
         with_options(quick, flow="glow")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .config import AE, FLOW, FLOW_MODEL, RunConfig
+from .config import AE, FLOW, RunConfig
 
 
 def _stage(kind: str, model: dict, terms: dict, **settings: Any) -> dict:
@@ -76,7 +76,7 @@ QUICK = SEED.with_values({
     f"{FLOW}.patience": 15,
     f"{AE}.model": {"class": "SpatialAutoencoder", "config": {"embedding_dim": 256, "width": 32, "blocks": 1}},
     f"{AE}.terms.class_head": {"class": "ClassHead", "config": {"weight": 0.1}},
-    f"{FLOW_MODEL}.class_whitening": True,
+    f"{FLOW}.model": flow_spec("spatial"),
 })
 
 # The longest budget: a wider spatial autoencoder with an adversarial term (PatchGAN, hinge,

@@ -248,6 +248,7 @@ class Option:
 
 
 REALNVP: str = str(FLOWS["realnvp"]["class"])
+SPATIAL: str = str(FLOWS["spatial"]["class"])
 
 OPTIONS: dict[str, Option] = {
     "seed": Option("seed", integer, "random seed: same seed, same weights and samples on CPU"),
@@ -269,12 +270,14 @@ OPTIONS: dict[str, Option] = {
     "latent-noise": Option(f"{AE}.latent_noise", non_negative_float,
                            "noise on the codes the decoder sees while training, in units of each code's spread"),
     "flow": Option(f"{FLOW}.model", choice(*FLOWS),
-                   "the flow: realnvp (MLP couplings on the flat code, after one Gaussian per class; quick's; "
-                   "the flags marked realnvp) or spatial (SpatialRealNVP: convolutional checkerboard/channel "
-                   "couplings on the code's grid, a full-covariance Gaussian per class at the base; its options "
-                   "are set with --couplings or --set stages.flow.config.model.config.hidden=N)",
+                   "the flow: spatial (SpatialRealNVP, quick's and best's: convolutional checkerboard/channel "
+                   "couplings on the code's grid, a full-covariance Gaussian per class at the base; the flags "
+                   "marked spatial) or realnvp (the seed notebook's MLP couplings on the flat code, after one "
+                   "Gaussian per class; the flags marked realnvp)",
                    flow_spec),
     "couplings": Option(f"{FLOW_MODEL}.couplings", positive_int, "number of coupling layers"),
+    "channels": Option(f"{FLOW_MODEL}.hidden", positive_int,
+                       "spatial: channels of each coupling's convolutional network (quick: 32)", flow=SPATIAL),
     "hidden": Option(f"{CONDITIONER}.hidden", sizes, "realnvp: hidden sizes of each coupling network, e.g. 256,256",
                      flow=REALNVP),
     "mask": Option(f"{FLOW_MODEL}.mask", choice("alternate", "half"), "realnvp: coupling mask: alternate or half",
