@@ -282,3 +282,23 @@ def test_context_errors_are_clear():
         ConditionalRealNVP(D, C, couplings=1)(torch.zeros(C + 1))
     with pytest.raises(UnknownComponentError, match="not a ElementwiseBijection"):
         Coupling(D, bijection={"class": "RandomPermutation", "config": {}})
+
+
+def test_conditioners_in_bf16_change_only_the_networks_and_still_train_them():
+    from latentflows.flows import conditioners_in
+
+    torch.manual_seed(0)
+    layer = coupling(context_size=2)
+    for p in layer.conditioner.parameters():  # a non-zero map, so the networks matter
+        torch.nn.init.normal_(p, std=0.3)
+    x, context = torch.randn(64, D), torch.eye(2)[torch.arange(64) % 2]
+    z, logabsdet = layer(x, context)
+    with conditioners_in(None):
+        assert torch.equal(layer(x, context)[0], z)
+    with conditioners_in(torch.bfloat16):
+        z16, logabsdet16 = layer(x, context)
+        assert z16.dtype == logabsdet16.dtype == torch.float32
+        assert torch.allclose(layer.inverse(z16, context)[0], x, atol=1e-5)  # exact inverse: same bf16 params
+        (z16.square().sum() - logabsdet16.sum()).backward()
+    assert not torch.equal(z16, z) and torch.allclose(z16, z, atol=0.05, rtol=0.05)  # bf16 rounding, no more
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.conditioner.parameters())

@@ -163,7 +163,8 @@ def add_compute_options(parser: Any, training: bool = False) -> None:
     """A command's ``--device`` and ``--precision`` (and, for ``training``, ``--deterministic``):
     the same words on every command that runs a model."""
     parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default auto)")
-    what = ("autocast precision of the autoencoder (the flow stays fp32)" if training else
+    what = ("autocast precision of the autoencoder and of the flow's coupling networks (the flow's maps, "
+            "log-determinants and densities stay fp32)" if training else
             "what the decoder computes in (the encoder and the flow: fp32, so log-densities are exact)")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                         help=f"{what}: auto is bf16 where the device multiplies bf16 matrices natively (AMX, "

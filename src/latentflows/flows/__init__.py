@@ -11,7 +11,7 @@ from .batchnorm import InvertibleBatchNorm, held_batch_statistics
 from .bijections import Additive, Affine, ElementwiseBijection, SoftplusAffine, TanhAffine
 from .checks import jacobian_logabsdet
 from .conditioners import MLP, CouplingNet
-from .coupling import Coupling, coupling_mask
+from .coupling import Coupling, conditioners_in, coupling_mask
 from .distributions import BaseDistribution, FlowDistribution, StandardNormal, check_sampling
 from .flow import Flow, StandardizedFlow
 from .linear import ActNorm, ContextAffine, ContextLinear, LULinear
@@ -27,5 +27,5 @@ __all__ = [
     "coupling_mask", "BaseDistribution", "StandardNormal", "FlowDistribution", "Flow", "RandomPermutation",
     "ConditionalRealNVP", "Standardize", "jacobian_logabsdet", "RationalQuadraticSpline", "ActNorm", "LULinear",
     "ContextAffine", "ContextLinear", "ClassWhitening", "fit_leading_layers", "StandardizedFlow", "SpatialRealNVP",
-    "ConvConditioner", "spatial_mask", "check_sampling",
+    "ConvConditioner", "spatial_mask", "check_sampling", "conditioners_in",
 ]

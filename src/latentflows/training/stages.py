@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..autoencoder import class_context, encode_images, to_signed_unit
 from ..data import Batches, ImageDataset, MappedImages, mirror_and_shift
-from ..flows import Flow, Standardize, Transform, fit_leading_layers
+from ..flows import Flow, Standardize, Transform, conditioners_in, fit_leading_layers
 from ..layers import GaussianNoise
 from ..losses import to_bits_per_dim
 from ..registry import Configurable, build, get_registered, register
@@ -290,13 +290,16 @@ class FlowTraining(nn.Module):
         ['bits_per_dim', 'loss']
     """
 
-    def __init__(self, flow: Flow, noise_std: float, objective: Objective, head_logabsdet: Tensor):
+    def __init__(self, flow: Flow, noise_std: float, objective: Objective, head_logabsdet: Tensor,
+                 conditioner_dtype: torch.dtype | None = None):
         super().__init__()
         self.flow, self.noise, self.objective = flow, GaussianNoise(noise_std), objective
+        self.conditioner_dtype = conditioner_dtype
         self.register_buffer("head_logabsdet", head_logabsdet, persistent=False)
 
     def forward(self, standardized: Tensor, context: Tensor) -> dict[str, Tensor]:
-        z, logabsdet = self.flow.body(self.noise(standardized), context)
+        with conditioners_in(self.conditioner_dtype):  # the coupling networks only: log-dets stay fp32
+            z, logabsdet = self.flow.body(self.noise(standardized), context)
         log_prob = self.flow.base.log_prob(z) + logabsdet + self.head_logabsdet
         losses = self.objective({"log_prob": log_prob, "z": z, "context": context})
         losses["bits_per_dim"] = to_bits_per_dim(losses["loss"].detach(), z.shape[1])
@@ -414,7 +417,10 @@ class FlowStage(Stage):
         train_context = context.one_hot(labels)
         fit_leading_layers(flow.body, train_x, train_context)
         objective = self.objective().to(context.runtime.device)
-        model = FlowTraining(flow, self.noise, objective, head_logabsdet[0])
+        # bf16 where the autoencoder trains in it: the coupling networks gain as much (1.5-1.7x
+        # on AVX-512 BF16), and the maps and densities around them stay fp32
+        conditioner_dtype = torch.bfloat16 if context.runtime.precision == "bf16" else None
+        model = FlowTraining(flow, self.noise, objective, head_logabsdet[0], conditioner_dtype)
         updates = self.updates(flow, objective)
         callbacks = self.schedule_callbacks(updates)
         if self.patience:
