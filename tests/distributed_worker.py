@@ -56,10 +56,11 @@ def main(out, variant="quick"):
     runtime = as_runtime("cpu")
     tag = f"rank{runtime.rank}" if runtime.world_size > 1 else "single"
     pets = apply_limit(lf.load_images(), 200, seed=0)
-    if variant == "glow":  # layers initialised from each process's own first batch
-        config = with_options(CONFIG, normalization="actnorm", mixing="lu", flow_lr=1e-4)
+    if variant in ("glow", "spatial"):  # layers initialised from each process's own first batch
+        config = (with_options(CONFIG, normalization="actnorm", mixing="lu", flow_lr=1e-4) if variant == "glow" else
+                  with_options(CONFIG, flow="spatial", couplings=2, channels=8))  # ContextAffine, ActNorm
         pipeline = lf.train(pets, config, None, progress=False, figures=False, device=runtime)
-        save_safetensors(f"{out}/{tag}-glow.safetensors", pipeline.state_dict(), "test")
+        save_safetensors(f"{out}/{tag}-{variant}.safetensors", pipeline.state_dict(), "test")
         return
     save_safetensors(f"{out}/{tag}-grads.safetensors", first_gradients(pets, runtime), "test")
     pipeline = lf.train(pets, CONFIG, None, progress=False, figures=False, device=runtime)

@@ -69,9 +69,10 @@ def test_two_processes_end_equal_and_match_one_process_at_the_same_global_batch(
                for k in single if single[k].is_floating_point()) < 1e-2
 
 
-def test_layers_initialised_from_data_start_alike_in_every_process(tmp_path):
-    finished(launch(str(WORKER), str(tmp_path), "glow"))
-    rank0, rank1 = tensors(tmp_path / "rank0-glow.safetensors"), tensors(tmp_path / "rank1-glow.safetensors")
+@pytest.mark.parametrize("variant", ["glow", "spatial"])
+def test_layers_initialised_from_data_start_alike_in_every_process(tmp_path, variant):
+    finished(launch(str(WORKER), str(tmp_path), variant))
+    rank0, rank1 = (tensors(tmp_path / f"rank{rank}-{variant}.safetensors") for rank in (0, 1))
     assert any("log_scale" in k for k in rank0)
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
 
