@@ -265,7 +265,8 @@ class ContextAffine(Transform):
 
     @torch.no_grad()
     def initialize(self, x: Tensor, context: Tensor) -> None:
-        """Fit ``shift`` to ``x`` and ``log_scale`` to its spread, by least squares in the context."""
+        """Fit ``shift`` to ``x`` and ``log_scale`` to its spread: each class's own mean and spread
+        for a one-hot context, least squares in the context otherwise."""
         if x.shape[0] < 2:
             raise ValueError("ContextAffine initialises from its first training batch, which needs at least 2 samples")
         if _is_one_hot(context):  # per-class mean and spread: the same bits on every run, which

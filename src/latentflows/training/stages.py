@@ -280,6 +280,8 @@ class FlowTraining(nn.Module):
         noise_std: std of the training noise, in standardized units.
         objective: its objective; called with ``log_prob``, ``z`` and ``context``.
         head_logabsdet: the head's constant log-determinant.
+        conditioner_dtype: run the couplings' networks in this dtype (``flows.conditioners_in``;
+            None: as the flow is, fp32).
 
     Example:
         >>> import torch
