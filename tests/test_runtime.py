@@ -192,6 +192,9 @@ def test_the_cli_trains_in_auto_precision_by_default_and_records_it(tmp_path, pe
     err = capsys.readouterr().err
     assert f"{expected.precision} ({expected.precision_reason})" in err  # the status lines say it
     assert (f"autoencoder [{expected.precision}] epoch 1/1" in err) == (expected.precision != "fp32")
+    # the flow stage keeps its maps in fp32 and says which part runs in bf16
+    assert ("flow [bf16 couplings] epoch 1/1" in err) == (expected.precision == "bf16")
+    assert "flow [bf16] epoch" not in err
     assert lf.load(run).summary["precision"] == expected.precision
     from latentflows.cli import build_parser
     from latentflows.cli.common import runtime_of
@@ -289,8 +292,10 @@ def test_the_flow_stage_trains_its_coupling_networks_in_bf16_exactly_when_the_ru
     for precision, expected in (("bf16", torch.bfloat16), ("fp32", None)):
         context = StageContext(train_set, val_set, Runtime("cpu", precision), seed=0, image_size=64)
         context.models["autoencoder"] = ae_stage.build_model(64, 2)
-        model = flow_stage.plan(context).model
-        assert model.conditioner_dtype == expected
+        plan = flow_stage.plan(context)
+        model = plan.model
+        assert model.conditioner_dtype == expected and not plan.autocast
+        assert plan.precision_tag == ("bf16 couplings" if expected else None)
         seen = []
         hook = model.flow.body.transforms[1].conditioner.register_forward_hook(
             lambda module, inputs, output: seen.append((torch.is_autocast_enabled("cpu"), output.dtype)))

@@ -138,7 +138,8 @@ def _train_stages(dataset: ImageDataset, config: RunConfig, run: RunFolder | Non
         saving = [Checkpoint(run.checkpoint(name), checkpoint_every)] if run and runtime.is_main_process else []
         trainer = Trainer(plan.model, plan.updates, plan.loss_fn, runtime=runtime, autocast=plan.autocast,
                           stage=name, callbacks=logger + plan.callbacks + watch + saving,  # the checkpoint last
-                          progress=progress, grad_clip=config.grad_clip, compile=config.compile)
+                          progress=progress, grad_clip=config.grad_clip, compile=config.compile,
+                          precision_tag=plan.precision_tag)
         start = 1
         if resume and run is not None and run.checkpoint(name).exists():
             tensors, metadata = read_checkpoint(run.checkpoint(name))

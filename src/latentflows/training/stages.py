@@ -70,6 +70,8 @@ class StagePlan:
         product: returns the trained component handed to later stages and the pipeline.
         callbacks: the stage's own callbacks (e.g. early stopping).
         autocast: whether mixed precision may apply.
+        precision_tag: what the status line says about the stage's precision, where
+            ``autocast`` does not tell it (default: the autocast precision).
     """
 
     model: nn.Module
@@ -81,6 +83,7 @@ class StagePlan:
     product: Callable[[], nn.Module]
     callbacks: list[Callback] = field(default_factory=list)
     autocast: bool = True
+    precision_tag: str | None = None
 
 
 class Stage(Configurable):
@@ -434,7 +437,8 @@ class FlowStage(Stage):
                                   shuffle=True, seed=context.seed + 1, drop_last=True),
             val_batches=Batches(context.runtime.place([val_x, context.one_hot(val.labels)]), 1024),
             epochs=self.epochs,
-            product=lambda: flow, callbacks=callbacks, autocast=False)  # log-determinants stay in fp32
+            product=lambda: flow, callbacks=callbacks, autocast=False,  # log-determinants stay in fp32
+            precision_tag="bf16 couplings" if conditioner_dtype is not None else None)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "noise": self.noise, "patience": self.patience, "augment": self.augment}

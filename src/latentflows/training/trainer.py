@@ -104,6 +104,8 @@ class Trainer:
         max_nonfinite: stop with ``NonFiniteLossError`` after this many skipped steps in a row.
         check_every: steps between reading the non-finite count back to the host (default:
             every step on the CPU, where it is free; every ``refresh_every`` steps on a GPU).
+        precision_tag: what the status line says after the stage name about how the steps
+            compute (default: the autocast precision, e.g. ``[bf16]``, or nothing in fp32).
 
     Losses a model adds during its forward pass (``AddsLosses.add_loss``) and its
     regularization loss are added to the main loss and shown under their own names. A
@@ -128,8 +130,9 @@ class Trainer:
                  runtime: Runtime | None = None, autocast: bool = True, metrics: dict[str, Metric] | None = None,
                  stage: str = "train", callbacks: Sequence[Callback] = (), progress: bool = True,
                  grad_clip: float | None = None, refresh_every: int = 10, compile: bool = False,
-                 max_nonfinite: int = 10, check_every: int | None = None):
+                 max_nonfinite: int = 10, check_every: int | None = None, precision_tag: str | None = None):
         self.model, self.loss_fn = model, loss_fn
+        self._tag = precision_tag
         self.updates = [Update("optimizer", optimizer)] if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer)
         if not self.updates or len({u.name for u in self.updates}) != len(self.updates):
             raise ValueError("give at least one optimizer, and updates with different names")
@@ -158,7 +161,9 @@ class Trainer:
 
     @property
     def _precision_tag(self) -> str:
-        """`` [bf16]`` in the status line where the steps run under autocast."""
+        """`` [bf16]`` in the status line where the steps run under autocast (or the stage's own tag)."""
+        if self._tag is not None:
+            return f" [{self._tag}]" if self._tag else ""
         return f" [{self.runtime.precision}]" if self.autocast and self.runtime.precision != "fp32" else ""
 
     @property
