@@ -82,7 +82,7 @@ QUICK = SEED.with_values({
 # The longest budget: a wider spatial autoencoder (width 64, two residual blocks) with an
 # adversarial term (PatchGAN, hinge, VQGAN's adaptive weight, LeCam-regularised so the
 # discriminator cannot win outright, on after 20 epochs), 60 epochs: 72 minutes of
-# training on 2 AVX-512 BF16 CPU cores (measured in docs/quality.md, "best on the CPU").
+# training on 2 AVX-512 BF16 CPU cores (measured in docs/quality.md, "`best` on this CPU").
 BEST = QUICK.with_values({
     "preset": "best",
     f"{AE}.epochs": 60, f"{AE}.lr": 5e-4,

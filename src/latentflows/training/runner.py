@@ -151,7 +151,7 @@ def _train_stages(dataset: ImageDataset, config: RunConfig, run: RunFolder | Non
             if isinstance(callback, EarlyStopping):
                 context.summary[f"{name}_best_epoch"] = callback.best_epoch
     context.summary["train_seconds"] = round(time.perf_counter() - started, 1)
-    context.summary["precision"] = runtime.precision  # what the autoencoder was trained in (the flow: fp32)
+    context.summary["precision"] = runtime.precision  # the autoencoder's precision (the flow: its coupling networks only)
     flow = cast("Flow", context.models["flow"])  # what the flow stage trained
     if len(dataset.class_names) > 1 and len(val_set):  # calibrates class guidance (latentflows.guidance)
         with evaluation_mode(flow):
