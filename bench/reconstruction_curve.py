@@ -130,6 +130,10 @@ def main() -> None:
     measure.add_argument("--imagenet", default="0,2", help="EfficientNet-Lite variants")
     measure.add_argument("--out", type=Path, help="write the rows as JSON")
     args = parser.parse_args()
+    if not args.run.is_dir():  # checked first: watch would otherwise wait for it forever
+        parser.error(f"{args.run}: no such run folder (give the --out of latentflows train)")
+    if args.command == "evaluate" and args.out and args.out.exists():  # checked before minutes of work
+        parser.error(f"{args.out} exists: remove it or choose another --out")
     if args.command == "watch":
         watch(args.run, args.out, args.every, args.stage, args.poll)
         return
