@@ -28,6 +28,12 @@ def test_cli_end_to_end_on_real_data(tmp_path, pets_parquet, capsys):
     assert main(["sample", str(run), "--class", "dog", "-n", "3", "--guidance", "4", "--candidates", "4",
                  "--out", str(tmp_path / "guided.png")]) == 0
     assert "p(dog | image)" in capsys.readouterr().out and (tmp_path / "guided.png").is_file()
+    # without --guidance, sample guides as the run's preset says (quick: 64, 32 candidates); 0 turns it off
+    assert json.loads((run / "run.json").read_text())["config"]["sampling"] == {"guidance": 64.0, "candidates": 32}
+    for name, flags in (("explicit", ["--guidance", "64", "--candidates", "32"]), ("plain", ["--guidance", "0"])):
+        assert main(["sample", str(run), "--class", "dog", "-n", "5", "--npy", str(tmp_path / f"{name}.npy"), *flags]) == 0
+    assert np.array_equal(np.load(tmp_path / "explicit.npy"), images)
+    assert not np.array_equal(np.load(tmp_path / "plain.npy"), images)
     with pytest.raises(SystemExit):
         main(["sample", str(run), "--class", "dog", "--guidance", "-1", "--out", str(tmp_path / "g.png")])
     assert "--guidance: must be a finite number >= 0" in capsys.readouterr().err and not (tmp_path / "g.png").exists()

@@ -199,7 +199,7 @@ def test_bad_inputs_are_clear_errors(client, pipeline):
                                ({"seed": -1}, "seed must be between"),
                                ({"temperature": 0.0}, "temperature must be between 0.1 and 1.5"),
                                ({"temperature": float("nan")}, "temperature must be between"),
-                               ({"guidance": -0.5}, "guidance must be between 0.0 and 10.0"),
+                               ({"guidance": -0.5}, "guidance must be between 0.0 and 128.0"),
                                ({"label": "horse"}, "unknown class 'horse'; this model knows: cat, dog")]:
         with pytest.raises(lf.LatentflowsError, match=message):
             generate_gallery(pipeline, **{"label": "dog", **arguments})

@@ -248,6 +248,8 @@ def test_evaluate_run_on_a_chosen_device(tiny_pipeline, tmp_path):
         evaluate_run(run, device="tpu", **options)
     report = evaluate_run(run, device="cpu", **options)
     assert report["settings"]["device"] == "cpu" and report["classifier"]["trained_now"]
+    # no guidance given: the samples are guided as the run's preset (quick) says, and the report says so
+    assert {key: report["settings"][key] for key in ("guidance", "candidates")} == {"guidance": 64.0, "candidates": 32}
     assert json.loads((run / "eval.json").read_text())["flow"] == report["flow"]
     judge, _ = load_model(run / "classifier")
     assert all(t.device.type == "cpu" for t in judge.state_dict().values())

@@ -122,3 +122,59 @@ def test_guidance_needs_two_classes():
     assert pipeline.generate("cat", n=2).class_prob is None
     with pytest.raises(lf.LatentflowsError, match="at least 2 classes"):
         pipeline.generate("cat", n=2, guidance=1.0)
+
+
+def pipeline_with_sampling(sampling, classes=("cat", "dog")):
+    """A small pipeline whose run config records ``sampling`` (as a trained run's does)."""
+    pipeline = lf.LatentFlowPipeline(lf.ConvAutoencoder(8, width=2, image_size=32, fc_dim=16),
+                                     ConditionalRealNVP(8, context_size=len(classes), couplings=2, hidden=[8]),
+                                     list(classes), config={"sampling": sampling})
+    torch.nn.init.normal_(pipeline.flow.transform.transforms[0].conditioner.nets[0][-1].weight, std=0.5)
+    return pipeline
+
+
+def test_the_runs_sampling_setting_is_the_default_guidance():
+    pipeline = pipeline_with_sampling({"guidance": 3.0, "candidates": 4})
+    assert pipeline.sampling == {"guidance": 3.0, "candidates": 4}
+    default = pipeline.generate("dog", n=5, seed=2)
+    explicit = pipeline.generate("dog", n=5, seed=2, guidance=3.0, candidates=4)
+    plain = pipeline.generate("dog", n=5, seed=2, guidance=0.0)
+    assert torch.equal(default.images, explicit.images) and torch.equal(default.log_prob, explicit.log_prob)
+    assert not torch.equal(default.log_prob, plain.log_prob)  # the default did guide
+    # one of the two given: the other still comes from the run
+    assert torch.equal(pipeline.generate("dog", n=5, seed=2, candidates=4).log_prob, explicit.log_prob)
+    assert not torch.equal(pipeline.generate("dog", n=5, seed=2, candidates=2).log_prob, explicit.log_prob)
+
+
+def test_a_run_without_a_sampling_setting_samples_plainly():
+    pipeline = pipeline_with_sampling({})
+    assert pipeline.sampling == {"guidance": 0.0, "candidates": 8}
+    assert torch.equal(pipeline.generate("cat", n=4, seed=1).log_prob,
+                       pipeline.generate("cat", n=4, seed=1, guidance=0.0).log_prob)
+
+
+def test_a_single_class_run_ignores_its_default_guidance():
+    pipeline = pipeline_with_sampling({"guidance": 64.0, "candidates": 32}, classes=("cat",))
+    assert pipeline.sampling["guidance"] == 0.0
+    assert pipeline.generate("cat", n=2).class_prob is None  # no error: nothing to guide between
+    with pytest.raises(lf.LatentflowsError, match="at least 2 classes"):
+        pipeline.generate("cat", n=2, guidance=1.0)
+
+
+@pytest.mark.parametrize("sampling, message", [
+    ({"guidance": -1}, "guidance must be a finite number >= 0"),
+    ({"guidance": True}, "guidance must be a finite number >= 0"),
+    ({"candidates": 0}, "candidates .* must be a whole number >= 1"),
+    ({"gamma": 2}, "unknown sampling settings \\['gamma'\\]"),
+    (64, "the sampling setting must be a mapping"),
+])
+def test_a_bad_sampling_setting_is_refused_with_its_fix(sampling, message):
+    with pytest.raises((ValueError, lf.LatentflowsError), match=message):
+        lf.RunConfig({"stages": {"flow": {"class": "FlowStage", "config": {}}}, "sampling": sampling})
+
+
+def test_presets_guide_except_the_notebooks():
+    from latentflows.presets import PRESETS
+
+    assert PRESETS["seed"].sampling == {"guidance": 0.0, "candidates": 8}  # the reference notebook samples plainly
+    assert PRESETS["quick"].sampling == PRESETS["best"].sampling == {"guidance": 64.0, "candidates": 32}

@@ -1,7 +1,8 @@
 """The run config: training settings plus the specs of the stages and their models.
 
 A run config is plain JSON: top-level settings (seed, validation share, image size,
-gradient clipping, compile) and ``stages``, an ordered mapping of stage name to the
+gradient clipping, compile, and ``sampling``: how ``sample``, ``evaluate`` and the demo draw
+images from the trained run unless told otherwise) and ``stages``, an ordered mapping of stage name to the
 stage's spec (``{"class": ..., "config": {...}}``), each holding its model's spec and its
 objective's terms. Presets are such configs (``latentflows.presets``). The command line's
 flags are aliases onto paths in it (``--width`` is ``stages.autoencoder.config.model.config.width``;
@@ -16,7 +17,11 @@ import copy
 import json
 from typing import Any
 
-SETTINGS = {"preset": "quick", "seed": 0, "val_fraction": 0.1, "image_size": 64, "grad_clip": None, "compile": False}
+from .errors import LatentflowsError
+
+SAMPLING: dict[str, Any] = {"guidance": 0.0, "candidates": 8}  # default class guidance (latentflows.guidance): none
+SETTINGS: dict[str, Any] = {"preset": "quick", "seed": 0, "val_fraction": 0.1, "image_size": 64, "grad_clip": None,
+                            "compile": False, "sampling": SAMPLING}
 
 AE = "stages.autoencoder.config"
 AE_MODEL = f"{AE}.model.config"
@@ -48,6 +53,7 @@ class RunConfig:
             raise ValueError(f"unknown run settings {unknown}; known: {sorted(SETTINGS)} and stages")
         if not isinstance(self.data.get("stages"), dict) or not self.data["stages"]:
             raise ValueError("a run config needs stages (e.g. autoencoder and flow)")
+        self.data["sampling"] = sampling_settings(self.data["sampling"])
 
     # ------------------------------------------------------------------ settings
     @property
@@ -73,6 +79,11 @@ class RunConfig:
     @property
     def compile(self) -> bool:
         return bool(self.data["compile"])
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """The run's default class guidance: ``{"guidance": GAMMA, "candidates": K}``."""
+        return dict(self.data["sampling"])
 
     # ------------------------------------------------------------------ paths
     def get(self, path: str, default: Any = None) -> Any:
@@ -113,3 +124,24 @@ class RunConfig:
     def __repr__(self) -> str:
         return f"RunConfig({json.dumps(self.data)})"
 
+
+def sampling_settings(value: Any) -> dict[str, Any]:
+    """A run's ``sampling`` setting with its defaults filled in, or a clear error.
+
+    Example:
+        >>> sampling_settings({"guidance": 64})
+        {'guidance': 64.0, 'candidates': 8}
+    """
+    if not isinstance(value, dict):
+        raise ValueError(f"the sampling setting must be a mapping like {SAMPLING}, got {value!r}")
+    unknown = sorted(set(value) - set(SAMPLING))
+    if unknown:
+        raise ValueError(f"unknown sampling settings {unknown}; known: {sorted(SAMPLING)}")
+    from .guidance import check_guidance  # one rule for the setting and the options
+
+    merged = {**SAMPLING, **value}
+    try:
+        check_guidance(merged["guidance"], merged["candidates"])
+    except LatentflowsError as error:
+        raise LatentflowsError(f"the run's sampling setting {value}: {error}") from None
+    return {"guidance": float(merged["guidance"]), "candidates": merged["candidates"]}

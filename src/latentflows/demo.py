@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 LOCALHOST = "127.0.0.1"
 TEMPERATURES = (0.1, 1.5)
-GUIDANCES = (0.0, 10.0)
+GUIDANCES = (0.0, 128.0)
 COUNTS = (1, 64)
 STEPS = (2, 16)
 SEEDS = (0, 2**32 - 1)
@@ -138,9 +138,9 @@ def _upscaled(image: torch.Tensor, size: int) -> Image.Image:
 
 def generate_gallery(pipeline: LatentFlowPipeline, label: str, temperature: float = 1.0, seed: float = 0,
                      count: float = 16, display_size: int = DISPLAY_SIZE,
-                     guidance: float = 0.0) -> list[tuple[Image.Image, str]]:
+                     guidance: float | None = None) -> list[tuple[Image.Image, str]]:
     """``count`` images of class ``label`` as (upscaled image, caption) pairs, highest log-density first;
-    ``guidance`` is ``LatentFlowPipeline.generate``'s class guidance.
+    ``guidance`` is ``LatentFlowPipeline.generate``'s class guidance (None: the run's own).
 
     Every input is checked (a bad one is a ``LatentflowsError`` saying what is allowed).
 
@@ -157,7 +157,8 @@ def generate_gallery(pipeline: LatentFlowPipeline, label: str, temperature: floa
     count = whole_number(count, "count", *COUNTS)
     seed = whole_number(seed, "seed", *SEEDS)
     temperature = real_number(temperature, "temperature", *TEMPERATURES)
-    guidance = real_number(guidance, "guidance", *GUIDANCES)
+    if guidance is not None:
+        guidance = real_number(guidance, "guidance", *GUIDANCES)
     with torch.no_grad():
         samples = pipeline.generate(label, count, temperature, seed, guidance)
     return [(_upscaled(image, display_size), caption(rank, value))
@@ -198,7 +199,7 @@ def build_demo(pipeline: LatentFlowPipeline, display_size: int = DISPLAY_SIZE) -
     size = getattr(pipeline.autoencoder, "image_size", None)
 
     def generate(label: str, temperature: float, seed: float, count: float,
-                 guidance: float = 0.0) -> list[tuple[Any, str]]:
+                 guidance: float | None = None) -> list[tuple[Any, str]]:
         try:
             with lock, torch.no_grad():
                 return generate_gallery(pipeline, label, temperature, seed, count, display_size, guidance)
@@ -224,8 +225,8 @@ def build_demo(pipeline: LatentFlowPipeline, display_size: int = DISPLAY_SIZE) -
                                         info="scale of the base noise: lower is safer, higher more varied")
                 seed = gr.Number(0, precision=0, minimum=SEEDS[0], maximum=SEEDS[1], label="Seed")
                 count = gr.Slider(*COUNTS, value=16, step=1, label="Count")
-                guidance = gr.Slider(*GUIDANCES, value=0.0, step=0.5, label="Class guidance",
-                                     info="keep samples the flow itself calls this class: more class, less variety")
+                guidance = gr.Slider(*GUIDANCES, value=pipeline.sampling["guidance"], step=1, label="Class guidance",
+                                     info="keep samples the flow itself calls this class (0: plain sampling)")
             button = gr.Button("Generate", variant="primary", elem_id="generate")
             gallery = gr.Gallery(label="Samples, highest log-density first (#rank: log-density in nats)",
                                  columns=8, format="png", object_fit="contain", elem_id="samples",

@@ -35,7 +35,8 @@ ROWS_PER_PASS = 8192  # flow evaluations per forward pass when scoring every cla
 
 def check_guidance(guidance: float, candidates: int) -> None:
     """A clear error unless ``guidance`` is a finite number >= 0 and ``candidates`` a whole number >= 1."""
-    if not isinstance(guidance, (int, float)) or not guidance >= 0 or guidance == float("inf"):
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not guidance >= 0 \
+            or guidance == float("inf"):
         raise LatentflowsError(f"guidance must be a finite number >= 0 (0 = none), got {guidance!r}")
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
         raise LatentflowsError(f"candidates (samples drawn per kept sample) must be a whole number >= 1, "

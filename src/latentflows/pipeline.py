@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ._version import __version__
 from .autoencoder import decode_embeddings, encode_images, is_class_conditional
 from .compat import saved_fields, saved_weights
+from .config import SAMPLING, sampling_settings
 from .errors import LatentflowsError, MissingModuleError, ModelFileError, UnknownComponentError
 from .flows import Flow, check_sampling
 from .guidance import check_guidance, guided_sample
@@ -157,16 +158,39 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
             return names.index(label.lower())
         raise LatentflowsError(f"unknown class {label!r}; this model knows: {', '.join(self.class_names)}")
 
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """How ``generate`` guides by default: the run's ``sampling`` setting (``{"guidance": GAMMA,
+        "candidates": K}``; ``quick`` and ``best``: 64 and 32, ``seed``: plain sampling), none for a
+        flow of a single class or a run that records none.
+
+        Example:
+            >>> import latentflows as lf
+            >>> from latentflows.flows import ConditionalRealNVP
+            >>> pipeline = lf.LatentFlowPipeline(lf.ConvAutoencoder(8, width=2, image_size=32, fc_dim=16),
+            ...                                  ConditionalRealNVP(8, context_size=2, couplings=1, hidden=[4]),
+            ...                                  ["cat", "dog"], config={"sampling": {"guidance": 64, "candidates": 32}})
+            >>> pipeline.sampling
+            {'guidance': 64.0, 'candidates': 32}
+        """
+        if len(self.class_names) < 2:
+            return dict(SAMPLING)
+        return sampling_settings(self.config.get("sampling", {}))
+
     @torch.no_grad()
     def generate(self, label: str | int, n: int = 16, temperature: float = 1.0, seed: int = 0,
-                 guidance: float = 0.0, candidates: int = 8) -> Samples:
+                 guidance: float | None = None, candidates: int | None = None) -> Samples:
         """``n`` images of class ``label``, sorted by the flow's log-density (highest first).
 
         ``guidance`` (``gamma >= 0``) draws ``candidates`` embeddings per image and keeps ``n``
         with probability proportional to ``p(label | z) ** gamma``, the flow's own class
         posterior (``latentflows.guidance``), tempered by ``summary["posterior_temperature"]``
         (fitted to the validation codes after training; 1 when absent); 0 is plain sampling.
+        Either left out (None) takes the run's own (``sampling``).
         """
+        defaults = self.sampling
+        guidance = defaults["guidance"] if guidance is None else guidance
+        candidates = defaults["candidates"] if candidates is None else candidates
         check_sampling(n, temperature)
         check_guidance(guidance, candidates)
         index = self.class_index(label)

@@ -77,6 +77,9 @@ QUICK = SEED.with_values({
     f"{AE}.model": {"class": "SpatialAutoencoder", "config": {"embedding_dim": 256, "width": 32, "blocks": 1}},
     f"{AE}.terms.class_head": {"class": "ClassHead", "config": {"weight": 0.1}},
     f"{FLOW}.model": flow_spec("spatial"),
+    # sample, evaluate and the demo guide by the flow's class posterior unless told otherwise:
+    # more of the class asked for, closer to the photos, no less varied (docs/quality.md, G3)
+    "sampling": {"guidance": 64.0, "candidates": 32},
 })
 
 # The longest budget: a wider spatial autoencoder (width 64, two residual blocks) with an

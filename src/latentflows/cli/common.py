@@ -64,8 +64,10 @@ def check_png_target(path: Path, overwrite: bool) -> None:
 
 def add_guidance_options(parser: argparse.ArgumentParser) -> None:
     """``--guidance`` and ``--candidates``: resample by the flow's class posterior (``latentflows.guidance``)."""
-    parser.add_argument("--guidance", type=argument(non_negative_float), default=0.0, metavar="GAMMA",
+    parser.add_argument("--guidance", type=argument(non_negative_float), metavar="GAMMA",
                         help="keep samples with probability proportional to p(class | embedding)^GAMMA, the "
-                             "flow's own class posterior: more class, less variety (default 0: plain sampling)")
-    parser.add_argument("--candidates", type=argument(positive_int), default=8, metavar="K",
-                        help="with --guidance: embeddings drawn per image kept (default 8)")
+                             "flow's own class posterior: more class (0: plain sampling; default the run's "
+                             "own: 64 for quick and best, 0 for seed)")
+    parser.add_argument("--candidates", type=argument(positive_int), metavar="K",
+                        help="with guidance: embeddings drawn per image kept (default the run's own: 32 for "
+                             "quick and best)")

@@ -63,7 +63,7 @@ def image_features(extractor: Callable[[torch.Tensor], torch.Tensor], images: to
 
 def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: ImageDataset, *,
              samples_per_class: int | None = None, seed: int = 0, temperature: float = 1.0,
-             guidance: float = 0.0, candidates: int = 8,
+             guidance: float | None = None, candidates: int | None = None,
              feature_extractor: Callable[[torch.Tensor], torch.Tensor] | None = None,
              no_features_reason: str = "no feature extractor given",
              classifier: ImageClassifier | None = None, classifier_epochs: int = 12,
@@ -89,7 +89,8 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
         samples_per_class: images generated per class; default the validation count of each class.
         seed: seeds the samples (class ``c`` uses ``seed + c``) and KID's subsets.
         temperature: the flow's sampling temperature.
-        guidance, candidates: class guidance of the samples (``LatentFlowPipeline.generate``).
+        guidance, candidates: class guidance of the samples (``LatentFlowPipeline.generate``);
+            None: the run's own (``LatentFlowPipeline.sampling``). The report records those used.
         feature_extractor: the FID network (e.g. ``FIDInceptionV3``), or None.
         no_features_reason: why FID/KID are unavailable when there is no extractor.
         classifier: a trained judge (``ImageClassifier``); None trains one on ``train_set``.
@@ -118,6 +119,8 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
         classifier.to(device)
     started = time.perf_counter()
     names = pipeline.class_names
+    guidance = pipeline.sampling["guidance"] if guidance is None else guidance
+    candidates = pipeline.sampling["candidates"] if candidates is None else candidates
     val_counts = [int((val_set.labels == c).sum()) for c in range(len(names))]
     report: dict = {"format": EVAL_FORMAT, "format_version": 1, "latentflows_version": __version__,
                     "settings": {"seed": seed, "temperature": temperature, "guidance": guidance,
@@ -306,7 +309,7 @@ def _conditional_fidelity(classifier: ImageClassifier, val_set: ImageDataset, re
 def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | Path | None = None,
                  overwrite: bool = False, fid_weights: str | Path | None = None, fid: bool = True,
                  download: bool = True, samples_per_class: int | None = None, seed: int = 0,
-                 temperature: float = 1.0, guidance: float = 0.0, candidates: int = 8,
+                 temperature: float = 1.0, guidance: float | None = None, candidates: int | None = None,
                  classifier_epochs: int = 12, judge: str | Path | None = None,
                  imagenet: Sequence[int] = (0, 2), progress: bool = True,
                  device: str | torch.device | Runtime = "auto", classifier_dir: str | Path | None = None,
@@ -331,8 +334,9 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
         samples_per_class: images generated per class; default the validation count of each class.
         seed: seeds the samples and KID's subsets.
         temperature: the flow's sampling temperature.
-        guidance: class guidance strength of the samples (0: plain sampling; ``latentflows.guidance``).
-        candidates: with guidance, embeddings drawn per sample kept.
+        guidance: class guidance strength of the samples (0: plain sampling; ``latentflows.guidance``);
+            default the run's own (its ``sampling`` setting).
+        candidates: with guidance, embeddings drawn per sample kept; default the run's own.
         classifier_epochs: epochs of the judge's training, when it is trained here.
         judge: another run's classifier folder to judge by.
         imagenet: the EfficientNet-Lite variants to measure with.
@@ -356,7 +360,7 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
     from .inception import load_inception
 
     check_sampling(samples_per_class, temperature)  # before the slow steps
-    check_guidance(guidance, candidates)
+    check_guidance(0.0 if guidance is None else guidance, 1 if candidates is None else candidates)
     runtime = as_runtime(device, precision)
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "eval.json"
