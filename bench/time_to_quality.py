@@ -1,7 +1,8 @@
 """Time-to-quality: sample and reconstruction figures against training minutes, per setting.
 
 Each point is one run folder, trained with a budget (e.g. 5, 10, 20 autoencoder epochs) and
-evaluated with ``latentflows evaluate RUN --no-fid --judge JUDGE --imagenet 0``; runs that
+evaluated with ``latentflows evaluate RUN --no-fid --judge JUDGE --imagenet 0 --guidance 0`` (plain
+samples: a run's default guidance differs by preset); runs that
 share a label are one setting's curve. The x value is the run's own ``train_seconds``.
 
     python bench/time_to_quality.py quick=runs/q5 quick=runs/q10 quick=runs/q20 \\

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -384,6 +385,7 @@ def test_cli_evaluate_compare_interpolate(tmp_path, pets_parquet, capsys):
     out = capsys.readouterr().out
     assert "FID/KID not computed" in out and "--fid-weights" in out and "generated classified as asked" in out
     assert "ImageNet-L0 species generated" in out
+    assert re.search(r"generated with class guidance \(gamma\) +64\n +candidates per generated image +32\n", out)
     report = json.loads((run / "eval.json").read_text())
     assert report["classifier"]["trained_now"] and (run / "classifier" / "model.json").is_file()
     assert (run / "eval-nearest.png").is_file() and report["fid"]["available"] is False
@@ -404,7 +406,7 @@ def test_cli_evaluate_compare_interpolate(tmp_path, pets_parquet, capsys):
                  "--no-progress"]) == 2
     assert "no judge classifier" in capsys.readouterr().err and not judged.exists()
     assert main(["evaluate", str(run), "--no-fid", "--judge", str(run / "classifier"), "--out", str(judged),
-                 "--no-progress"]) == 0
+                 "--guidance", "0", "--no-progress"]) == 0
     assert json.loads(judged.read_text())["classifier"]["judge"] == str(run / "classifier")
 
     capsys.readouterr()
@@ -412,6 +414,8 @@ def test_cli_evaluate_compare_interpolate(tmp_path, pets_parquet, capsys):
     table = capsys.readouterr().out
     assert "run" in table.splitlines()[0] and "again.json" in table.splitlines()[0]
     assert "flow val NLL (nats/dim)" in table and f"{report['flow']['val']['nats_per_dim']:.4f}" in table
+    assert main(["compare", str(run), str(judged)]) == 0  # plain beside guided samples: the table says which
+    assert re.search(r"generated with class guidance \(gamma\) +64 +0\n", capsys.readouterr().out)
     assert main(["compare", str(tmp_path)]) == 2
     assert "run latentflows evaluate" in capsys.readouterr().err
 

@@ -166,10 +166,10 @@ def test_a_single_class_run_ignores_its_default_guidance():
     ({"guidance": True}, "guidance must be a finite number >= 0"),
     ({"candidates": 0}, "candidates .* must be a whole number >= 1"),
     ({"gamma": 2}, "unknown sampling settings \\['gamma'\\]"),
-    (64, "the sampling setting must be a mapping"),
+    (64, "the run's sampling setting must be a mapping"),
 ])
 def test_a_bad_sampling_setting_is_refused_with_its_fix(sampling, message):
-    with pytest.raises((ValueError, lf.LatentflowsError), match=message):
+    with pytest.raises(lf.LatentflowsError, match=message):
         lf.RunConfig({"stages": {"flow": {"class": "FlowStage", "config": {}}}, "sampling": sampling})
 
 
@@ -178,3 +178,16 @@ def test_presets_guide_except_the_notebooks():
 
     assert PRESETS["seed"].sampling == {"guidance": 0.0, "candidates": 8}  # the reference notebook samples plainly
     assert PRESETS["quick"].sampling == PRESETS["best"].sampling == {"guidance": 64.0, "candidates": 32}
+
+
+def test_a_run_with_a_bad_sampling_setting_names_its_file(tmp_path):
+    import json
+
+    pipeline = pipeline_with_sampling({"guidance": 2.0})
+    pipeline.save(tmp_path / "run")
+    config_file = tmp_path / "run" / "config.json"
+    saved = json.loads(config_file.read_text())
+    saved["config"]["sampling"] = {"guidance": -3}
+    config_file.write_text(json.dumps(saved))
+    with pytest.raises(lf.ModelFileError, match=r"config\.json: the run's sampling setting .* guidance must be a finite"):
+        lf.load(tmp_path / "run")

@@ -125,6 +125,25 @@ class RunConfig:
         return f"RunConfig({json.dumps(self.data)})"
 
 
+def check_guidance(guidance: float, candidates: int) -> None:
+    """A clear error unless ``guidance`` is a finite number >= 0 and ``candidates`` a whole number >= 1
+    (class guidance, ``latentflows.guidance``; one rule for a run's setting and every option).
+
+    Example:
+        >>> check_guidance(64.0, 32)
+        >>> check_guidance(-1.0, 32)
+        Traceback (most recent call last):
+        ...
+        latentflows.errors.LatentflowsError: guidance must be a finite number >= 0 (0 = none), got -1.0
+    """
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not guidance >= 0 \
+            or guidance == float("inf"):
+        raise LatentflowsError(f"guidance must be a finite number >= 0 (0 = none), got {guidance!r}")
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+        raise LatentflowsError(f"candidates (samples drawn per kept sample) must be a whole number >= 1, "
+                               f"got {candidates!r}")
+
+
 def sampling_settings(value: Any) -> dict[str, Any]:
     """A run's ``sampling`` setting with its defaults filled in, or a clear error.
 
@@ -132,16 +151,15 @@ def sampling_settings(value: Any) -> dict[str, Any]:
         >>> sampling_settings({"guidance": 64})
         {'guidance': 64.0, 'candidates': 8}
     """
+    fix = "set it with --set sampling.guidance=GAMMA (0: plain sampling) or sampling.candidates=K"
     if not isinstance(value, dict):
-        raise ValueError(f"the sampling setting must be a mapping like {SAMPLING}, got {value!r}")
+        raise LatentflowsError(f"the run's sampling setting must be a mapping like {SAMPLING}, got {value!r}; {fix}")
     unknown = sorted(set(value) - set(SAMPLING))
     if unknown:
-        raise ValueError(f"unknown sampling settings {unknown}; known: {sorted(SAMPLING)}")
-    from .guidance import check_guidance  # one rule for the setting and the options
-
+        raise LatentflowsError(f"unknown sampling settings {unknown}; known: {sorted(SAMPLING)} ({fix})")
     merged = {**SAMPLING, **value}
     try:
         check_guidance(merged["guidance"], merged["candidates"])
     except LatentflowsError as error:
-        raise LatentflowsError(f"the run's sampling setting {value}: {error}") from None
+        raise LatentflowsError(f"the run's sampling setting {value}: {error}; {fix}") from None
     return {"guidance": float(merged["guidance"]), "candidates": merged["candidates"]}

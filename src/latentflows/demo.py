@@ -157,8 +157,8 @@ def generate_gallery(pipeline: LatentFlowPipeline, label: str, temperature: floa
     count = whole_number(count, "count", *COUNTS)
     seed = whole_number(seed, "seed", *SEEDS)
     temperature = real_number(temperature, "temperature", *TEMPERATURES)
-    if guidance is not None:
-        guidance = real_number(guidance, "guidance", *GUIDANCES)
+    if guidance is not None:  # up to 128, or the run's own default where that is higher
+        guidance = real_number(guidance, "guidance", GUIDANCES[0], max(GUIDANCES[1], pipeline.sampling["guidance"]))
     with torch.no_grad():
         samples = pipeline.generate(label, count, temperature, seed, guidance)
     return [(_upscaled(image, display_size), caption(rank, value))
@@ -225,7 +225,8 @@ def build_demo(pipeline: LatentFlowPipeline, display_size: int = DISPLAY_SIZE) -
                                         info="scale of the base noise: lower is safer, higher more varied")
                 seed = gr.Number(0, precision=0, minimum=SEEDS[0], maximum=SEEDS[1], label="Seed")
                 count = gr.Slider(*COUNTS, value=16, step=1, label="Count")
-                guidance = gr.Slider(*GUIDANCES, value=pipeline.sampling["guidance"], step=1, label="Class guidance",
+                guidance = gr.Slider(GUIDANCES[0], max(GUIDANCES[1], pipeline.sampling["guidance"]),
+                                     value=pipeline.sampling["guidance"], step=1, label="Class guidance",
                                      info="keep samples the flow itself calls this class (0: plain sampling)")
             button = gr.Button("Generate", variant="primary", elem_id="generate")
             gallery = gr.Gallery(label="Samples, highest log-density first (#rank: log-density in nats)",

@@ -160,7 +160,8 @@ class _FrozenContextLinearInverse(nn.Module):
 class Generator(nn.Module):
     """The pipeline's sampling path as one module: ``(noise, class_one_hot) -> (images, log_prob)``.
 
-    The same math as ``LatentFlowPipeline.generate`` without its sorting and its uint8
+    The same math as ``LatentFlowPipeline.generate(..., guidance=0)`` (plain sampling; a run's
+    default class guidance resamples outside the graph) without its sorting and its uint8
     conversion: ``noise`` is the base-space draw (already times the temperature), the flow's
     inverse maps it to embeddings, which the autoencoder decodes; ``log_prob`` is
     ``base.log_prob(noise) - logabsdet`` of the inverse, the model's own log-density of each

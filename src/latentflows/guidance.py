@@ -27,20 +27,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .config import check_guidance
 from .errors import LatentflowsError
 from .flows import Flow
 
+__all__ = ["check_guidance", "class_log_likelihoods", "class_log_posterior", "choose_without_replacement",
+           "fit_posterior_temperature", "guided_sample"]
+
 ROWS_PER_PASS = 8192  # flow evaluations per forward pass when scoring every class
-
-
-def check_guidance(guidance: float, candidates: int) -> None:
-    """A clear error unless ``guidance`` is a finite number >= 0 and ``candidates`` a whole number >= 1."""
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not guidance >= 0 \
-            or guidance == float("inf"):
-        raise LatentflowsError(f"guidance must be a finite number >= 0 (0 = none), got {guidance!r}")
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
-        raise LatentflowsError(f"candidates (samples drawn per kept sample) must be a whole number >= 1, "
-                               f"got {candidates!r}")
 
 
 @torch.no_grad()

@@ -143,7 +143,8 @@ def card_text(fields: dict[str, Any], folder: str | os.PathLike | None = None, *
               "# samples.images: uint8 (n, 3, S, S), highest log-density first", "```", ""]
     if run is not None and (run.path / SAMPLES).is_file():
         lines += ["## Samples", "", f"![generated samples, one row per class]({SAMPLES})", "",
-                  "Drawn at the end of training: one row per class (the first 10), highest log-density first, "
+                  "Drawn at the end of training as `sample` draws them (with the run's class guidance, if any): "
+                  "one row per class (the first 10), highest log-density first, "
                   "the log-density in nats above each image.", ""]
     lines += ["## Evaluation", "", *_evaluation(run)]
     return "\n".join(lines) + "\n"

@@ -188,9 +188,10 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
         (fitted to the validation codes after training; 1 when absent); 0 is plain sampling.
         Either left out (None) takes the run's own (``sampling``).
         """
-        defaults = self.sampling
-        guidance = defaults["guidance"] if guidance is None else guidance
-        candidates = defaults["candidates"] if candidates is None else candidates
+        if guidance is None or candidates is None:
+            defaults = self.sampling
+            guidance = defaults["guidance"] if guidance is None else guidance
+            candidates = defaults["candidates"] if candidates is None else candidates
         check_sampling(n, temperature)
         check_guidance(guidance, candidates)
         index = self.class_index(label)
@@ -277,6 +278,10 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(f"{run.config_file}: incomplete or incompatible config ({error})") from None
         pipeline = cls(autoencoder, flow, class_names, fields.get("config"), fields.get("summary"), precision)
+        try:
+            pipeline.sampling  # noqa: B018 (checked now, not at the first sample)
+        except LatentflowsError as error:
+            raise ModelFileError(f"{run.config_file}: {error} (or edit its config's sampling)") from None
         tensors, _ = load_safetensors(run.weights_file, WEIGHTS_FORMAT)
         load_state_strictly(pipeline, saved_weights(saved, tensors), run.weights_file)
         return pipeline.to(resolve_device(device)).eval()

@@ -66,6 +66,9 @@ FIGURES = [
     ("classifier on reconstructions", ("classifier", "reconstruction_accuracy"), "{:.3f}"),
     ("  balanced (mean recall)", ("classifier", "reconstruction_balanced_accuracy"), "{:.3f}"),
     ("generated classified as asked", ("classifier", "generated_accuracy"), "{:.3f}"),
+    # how the generated images were drawn: a run's default differs by preset (quick, best: 64; seed: 0)
+    ("generated with class guidance (gamma)", ("settings", "guidance"), "{:g}"),
+    ("  candidates per generated image", ("settings", "candidates"), "{}"),
 ]
 
 

@@ -67,7 +67,7 @@ def add_guidance_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=argument(non_negative_float), metavar="GAMMA",
                         help="keep samples with probability proportional to p(class | embedding)^GAMMA, the "
                              "flow's own class posterior: more class (0: plain sampling; default the run's "
-                             "own: 64 for quick and best, 0 for seed)")
+                             "own: 64 for quick and best, 0 for seed and runs of earlier versions)")
     parser.add_argument("--candidates", type=argument(positive_int), metavar="K",
                         help="with guidance: embeddings drawn per image kept (default the run's own: 32 for "
                              "quick and best)")

@@ -219,10 +219,11 @@ class TensorBoardLogger(Callback):
         autoencoder = self.context.models.get("autoencoder")
         if autoencoder is None:
             return None
-        # generate restores the modes; it decodes as the trained pipeline will
+        # generate restores the modes; it decodes as the trained pipeline will, and samples plainly (no
+        # guidance: the posterior temperature that calibrates it is fitted only after training)
         pipeline = LatentFlowPipeline(autoencoder, cast("Flow", flow), self.context.class_names,
                                       precision=self.context.runtime.precision)
-        return [pipeline.generate(name, self.columns, seed=self.context.seed + k).images
+        return [pipeline.generate(name, self.columns, seed=self.context.seed + k, guidance=0.0).images
                 for k, name in enumerate(self.context.class_names[: self.max_classes])]
 
     # ------------------------------------------------------------------ hyperparameters
