@@ -177,6 +177,14 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
             return dict(SAMPLING)
         return sampling_settings(self.config.get("sampling", {}))
 
+    def guidance_or_default(self, guidance: float | None, candidates: int | None) -> tuple[float, int]:
+        """``(guidance, candidates)`` with each one left out (None) taken from the run's ``sampling``."""
+        if guidance is None or candidates is None:
+            defaults = self.sampling
+            guidance = defaults["guidance"] if guidance is None else guidance
+            candidates = defaults["candidates"] if candidates is None else candidates
+        return guidance, candidates
+
     @torch.no_grad()
     def generate(self, label: str | int, n: int = 16, temperature: float = 1.0, seed: int = 0,
                  guidance: float | None = None, candidates: int | None = None) -> Samples:
@@ -188,10 +196,7 @@ class LatentFlowPipeline(nn.Module, ModelHubMixin, library_name=LIBRARY_NAME, ta
         (fitted to the validation codes after training; 1 when absent); 0 is plain sampling.
         Either left out (None) takes the run's own (``sampling``).
         """
-        if guidance is None or candidates is None:
-            defaults = self.sampling
-            guidance = defaults["guidance"] if guidance is None else guidance
-            candidates = defaults["candidates"] if candidates is None else candidates
+        guidance, candidates = self.guidance_or_default(guidance, candidates)
         check_sampling(n, temperature)
         check_guidance(guidance, candidates)
         index = self.class_index(label)

@@ -119,9 +119,7 @@ def evaluate(pipeline: LatentFlowPipeline, train_set: ImageDataset, val_set: Ima
         classifier.to(device)
     started = time.perf_counter()
     names = pipeline.class_names
-    if guidance is None or candidates is None:
-        guidance = pipeline.sampling["guidance"] if guidance is None else guidance
-        candidates = pipeline.sampling["candidates"] if candidates is None else candidates
+    guidance, candidates = pipeline.guidance_or_default(guidance, candidates)
     val_counts = [int((val_set.labels == c).sum()) for c in range(len(names))]
     report: dict = {"format": EVAL_FORMAT, "format_version": 1, "latentflows_version": __version__,
                     "settings": {"seed": seed, "temperature": temperature, "guidance": guidance,
