@@ -1,6 +1,7 @@
 """The autoencoder's quality pieces: the spatial latent, the L1 loss, flips, the cosine
 schedule and the adversarial term (whose discriminator must never move the decoder)."""
 
+import json
 import math
 
 import pytest
@@ -245,6 +246,57 @@ def test_class_head_trains_the_encoder_and_its_head_but_not_the_decoder():
     assert all(p.grad is None for p in autoencoder.decoder.parameters())
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in autoencoder.encoder.parameters())
     assert head.head.weight.grad.abs().sum() > 0
+
+
+def test_a_scheduled_class_head_stops_at_its_step_and_a_resume_counts_from_the_checkpoint():
+    from latentflows.training import ClassHead
+
+    torch.manual_seed(0)
+    head = ClassHead(weight=1.0, stop=2)
+    head.bind({"embedding_dim": 4, "classes": 2})
+    outputs = {"embedding": torch.randn(6, 4, requires_grad=True), "labels": torch.tensor([0, 1] * 3)}
+    assert head(outputs).item() == pytest.approx(math.log(2), rel=1e-6)  # step 1: on (a head at zero)
+    assert head.eval()(outputs).item() > 0  # validation after step 1: the next step is on
+    assert head.train()(outputs).item() > 0  # step 2: on
+    assert head.eval()(outputs).item() == 0  # validation after step 2: off from now on
+    off = head.train()(outputs)  # step 3: off, and pushes nothing
+    assert off.item() == 0
+    off.backward()
+    assert outputs["embedding"].grad.abs().max() == 0
+    resumed = ClassHead.from_config(head.get_config())
+    resumed.bind({"embedding_dim": 4, "classes": 2})
+    resumed.load_state_dict(head.state_dict())
+    assert (resumed.stop, resumed._steps) == (2, 3) and resumed(outputs).item() == 0
+    unscheduled = ClassHead()  # a checkpoint written before heads counted steps still loads
+    unscheduled.bind({"embedding_dim": 4, "classes": 2})
+    unscheduled.load_state_dict({k: v for k, v in unscheduled.state_dict().items() if k != "steps"})
+    with pytest.raises(RuntimeError, match="steps"):  # a schedule needs its count
+        resumed.load_state_dict({k: v for k, v in head.state_dict().items() if k != "steps"})
+    with pytest.raises(ValueError, match="stop must be"):
+        ClassHead(stop=0)
+    with pytest.raises(ValueError, match="start must be"):
+        ClassHead(start=-1)
+
+
+def test_a_class_head_switched_off_mid_run_resumes_to_the_same_weights(small_pets, tiny_config, tmp_path, monkeypatch):
+    from conftest import train_until_interrupted
+    from safetensors.torch import load_file
+
+    # 216 training images in batches of 32: 7 steps an epoch, so the head stops inside epoch 2
+    head = {"class": "ClassHead", "config": {"weight": 0.5, "stop": 10}}
+    config = tiny_config.with_values({"stages.autoencoder.config.epochs": 3, "stages.flow.config.epochs": 1,
+                                      "stages.autoencoder.config.terms.class_head": head})
+    lf.train(small_pets, config, tmp_path / "full", progress=False, figures=False)
+    train_until_interrupted(monkeypatch, "autoencoder", 1, small_pets, config, tmp_path / "resumed",
+                            progress=False, figures=False)
+    lf.train(small_pets, config, tmp_path / "resumed", progress=False, figures=False, resume=True)
+    never = config.with_values({"stages.autoencoder.config.terms.class_head.config.stop": None})
+    lf.train(small_pets, never, tmp_path / "never", progress=False, figures=False)
+    full, resumed, unstopped = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("full", "resumed", "never"))
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert not all(torch.equal(full[k], unstopped[k]) for k in full)  # the stop changed the training
+    saved = json.loads((tmp_path / "full" / "run.json").read_text())["config"]  # recorded with the run
+    assert saved["stages"]["autoencoder"]["config"]["terms"]["class_head"]["config"]["stop"] == 10
 
 
 def test_every_preset_builds_at_its_real_size_and_quick_is_the_measured_choice():

@@ -16,7 +16,7 @@ from .callbacks import (
                         load_checkpoint,
                         read_checkpoint,
 )
-from .objective import ClassHead, NegativeLogLikelihood, Objective, Reconstruction, Term
+from .objective import ClassHead, NegativeLogLikelihood, Objective, Reconstruction, ScheduledTerm, Term
 from .perceptual import Perceptual, normalized_distance
 from .runner import train
 from .stages import AutoencoderStage, FlowStage, Stage, StageContext, StagePlan
@@ -29,6 +29,6 @@ __all__ = [
     "load_checkpoint", "read_checkpoint", "NegativeLogLikelihood", "Objective", "Reconstruction", "Term", "train",
     "AutoencoderStage", "FlowStage", "Stage", "StageContext", "StagePlan", "Batches", "NonFiniteLossError",
     "Adversarial", "PatchDiscriminator", "adaptive_weight", "diff_augment", "Perceptual", "normalized_distance",
-    "ClassHead", "build_stages", "validate_config",
+    "ClassHead", "ScheduledTerm", "build_stages", "validate_config",
     "Trainer", "Update", "adam", "supervised",
 ]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import register
-from .objective import Term
+from .objective import ScheduledTerm
 
 
 class PatchDiscriminator(nn.Module):
@@ -122,7 +122,7 @@ def adaptive_weight(reconstruction_loss: Tensor, generator_loss: Tensor, last_la
 
 
 @register
-class Adversarial(Term):
+class Adversarial(ScheduledTerm):
     """A hinge-loss patch discriminator against the reconstructions, switched on after a warm-up.
 
     Adds ``weight * w_adapt * L_G`` to the autoencoder's loss (``L_G = -mean D(aug(x_hat))``,
@@ -145,6 +145,7 @@ class Adversarial(Term):
             checkpoints), which keeps its scores of real and reconstructed images close.
         lecam_decay: the moving averages' decay per step.
         target: the update that trains the discriminator.
+        stop: training steps after which the term is off again (None: never; see ``ScheduledTerm``).
 
     References:
         Esser et al., arXiv:2012.09841; Lim & Ye, "Geometric GAN", arXiv:1705.02894 (hinge
@@ -160,40 +161,30 @@ class Adversarial(Term):
         ['loss', 'discriminator']
     """
 
-    steps: Tensor
     score_averages: Tensor
 
     def __init__(self, weight: float = 0.1, start: int = 2000, width: int = 32, layers: int = 3,
                  augment: bool = True, adaptive: bool = True, lecam: float = 0.0, lecam_decay: float = 0.99,
-                 target: str = "discriminator"):
-        super().__init__(weight, target)
+                 target: str = "discriminator", stop: int | None = None):
+        super().__init__(weight, target, int(start), stop)
         if target == "loss":
             raise ValueError("the discriminator needs its own update: give Adversarial a target other than 'loss'")
-        if start < 0:
-            raise ValueError(f"start must be a non-negative number of steps, got {start}")
         if not lecam >= 0:
             raise ValueError(f"lecam must be a weight >= 0, got {lecam}")
         if not 0 <= lecam_decay < 1:
             raise ValueError(f"lecam_decay must be in [0, 1), got {lecam_decay}")
-        self.start, self.width, self.layers = int(start), width, layers
+        self.width, self.layers = width, layers
         self.augment, self.adaptive, self.lecam, self.lecam_decay = augment, adaptive, float(lecam), float(lecam_decay)
         self.discriminator = PatchDiscriminator(width, layers)
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # saved in checkpoints
         self.register_buffer("score_averages", torch.zeros(2))  # LeCam's a_real, a_fake
-        self._steps = 0  # its value on the host, kept alongside: a step never reads the device's
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         state_dict.setdefault(prefix + "score_averages", torch.zeros(2))  # a checkpoint from before LeCam
         super()._load_from_state_dict(state_dict, prefix, *args)
-        if prefix + "steps" in state_dict:  # a resumed count, read from the loaded (host) tensor
-            self._steps = int(state_dict[prefix + "steps"])
 
     def forward(self, outputs: dict[str, Any]) -> dict[str, Tensor]:
         real, fake = outputs["images"], outputs["reconstruction"]
-        if self.training:
-            self.steps += 1
-            self._steps += 1
-        if not self.training or self._steps <= self.start:
+        if not self.switched_on() or not self.training:
             # off: no discriminator loss at all, so its update does not step (an Adam step on a
             # zero loss with weight decay would shrink the idle discriminator to zero)
             return {"loss": fake.sum() * 0.0}
@@ -226,6 +217,6 @@ class Adversarial(Term):
         return lambda images: diff_augment(images, torch.Generator().manual_seed(seed))
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "start": self.start, "width": self.width, "layers": self.layers,
+        return {**super().get_config(), "width": self.width, "layers": self.layers,
                 "augment": self.augment, "adaptive": self.adaptive, "lecam": self.lecam,
                 "lecam_decay": self.lecam_decay}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, cast
 
+import torch
 from torch import Tensor, nn
 
 from ..losses import Loss, MSELoss
@@ -62,6 +63,57 @@ class Term(nn.Module, Configurable):
         return {"weight": self.weight, "target": self.target}
 
 
+class ScheduledTerm(Term):
+    """A term that is on only between two training-step counts.
+
+    It counts the training steps it sees in a buffer saved with the checkpoint (and a copy on
+    the host, so a step never waits on the device), so a resumed run switches at the same step.
+    Subclasses call ``switched_on()`` once per forward: in training it counts the step and says
+    whether the term is on for it; in evaluation it says whether the next training step would be.
+
+    Args:
+        weight, target: see ``Term``.
+        start: training steps before the term switches on (0: on from the first step).
+        stop: training steps after which it is off for good (None: never), e.g. a class head
+            that shapes the codes early and then leaves them to the reconstruction.
+
+    Example:
+        >>> term = ScheduledTerm(start=1, stop=2)
+        >>> [term.switched_on() for _ in range(3)]  # training steps 1, 2, 3
+        [False, True, False]
+    """
+
+    steps: Tensor
+
+    def __init__(self, weight: float = 1.0, target: str = "loss", start: int = 0, stop: int | None = None):
+        super().__init__(weight, target)
+        if not isinstance(start, int) or start < 0:
+            raise ValueError(f"start must be a non-negative number of steps, got {start!r}")
+        if stop is not None and (not isinstance(stop, int) or stop <= start):
+            raise ValueError(f"stop must be a number of steps after start ({start}) or None, got {stop!r}")
+        self.start, self.stop = start, stop
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # saved in checkpoints
+        self._steps = 0  # its value on the host, kept alongside
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        if self.start == 0 and self.stop is None:  # always on: a checkpoint without a count still loads
+            state_dict.setdefault(prefix + "steps", torch.zeros((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        if prefix + "steps" in state_dict:  # a resumed count, read from the loaded (host) tensor
+            self._steps = int(state_dict[prefix + "steps"])
+
+    def switched_on(self) -> bool:
+        """Count a training step (in training mode); whether the term is on for it."""
+        if self.training:
+            self.steps += 1
+            self._steps += 1
+        step = self._steps if self.training else self._steps + 1
+        return self.start < step and (self.stop is None or step <= self.stop)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "start": self.start, "stop": self.stop}
+
+
 @register
 class Reconstruction(Term):
     """A reconstruction loss between the images and their reconstructions (both in [-1, 1]).
@@ -89,15 +141,18 @@ class Reconstruction(Term):
 
 
 @register
-class ClassHead(Term):
+class ClassHead(ScheduledTerm):
     """Cross-entropy of a linear classifier on the embedding: asks the encoder to keep the
     class where a linear map finds it, which is where a class-conditional flow looks.
 
     The head's weights are trained with the autoencoder (target ``"loss"``) and are not part
-    of the saved model.
+    of the saved model. On a long run the head learns the training labels and then only pushes
+    the training codes apart (docs/quality.md, `best`): ``stop`` switches it off after that
+    many steps (its value is then 0, in training and in validation).
 
     Args:
         weight, target: see ``Term``.
+        start, stop: see ``ScheduledTerm`` (default: on for every step).
 
     References:
         Odena, Olah, Shlens, "Conditional Image Synthesis with Auxiliary Classifier GANs",
@@ -112,8 +167,8 @@ class ClassHead(Term):
         0.6931
     """
 
-    def __init__(self, weight: float = 0.1, target: str = "loss"):
-        super().__init__(weight, target)
+    def __init__(self, weight: float = 0.1, target: str = "loss", start: int = 0, stop: int | None = None):
+        super().__init__(weight, target, start, stop)
         self.head: nn.Linear | None = None
 
     def bind(self, shapes: dict[str, Any]) -> None:
@@ -124,6 +179,8 @@ class ClassHead(Term):
     def forward(self, outputs: dict[str, Any]) -> Tensor:
         if self.head is None:
             raise RuntimeError("ClassHead.bind(shapes) must run before training (the stage does it)")
+        if not self.switched_on():
+            return outputs["embedding"].sum() * 0.0
         return nn.functional.cross_entropy(self.head(outputs["embedding"]), outputs["labels"])
 
 
