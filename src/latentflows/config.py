@@ -125,9 +125,10 @@ class RunConfig:
         return f"RunConfig({json.dumps(self.data)})"
 
 
-def check_guidance(guidance: float, candidates: int) -> None:
+def check_guidance(guidance: float | None, candidates: int | None) -> None:
     """A clear error unless ``guidance`` is a finite number >= 0 and ``candidates`` a whole number >= 1
     (class guidance, ``latentflows.guidance``; one rule for a run's setting and every option).
+    ``None`` passes: it stands for a run's own setting, checked where the run is loaded.
 
     Example:
         >>> check_guidance(64.0, 32)
@@ -136,10 +137,10 @@ def check_guidance(guidance: float, candidates: int) -> None:
         ...
         latentflows.errors.LatentflowsError: guidance must be a finite number >= 0 (0 = none), got -1.0
     """
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not guidance >= 0 \
-            or guidance == float("inf"):
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
+                                 or not guidance >= 0 or guidance == float("inf")):
         raise LatentflowsError(f"guidance must be a finite number >= 0 (0 = none), got {guidance!r}")
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+    if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1):
         raise LatentflowsError(f"candidates (samples drawn per kept sample) must be a whole number >= 1, "
                                f"got {candidates!r}")
 

@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 LOCALHOST = "127.0.0.1"
 TEMPERATURES = (0.1, 1.5)
-GUIDANCES = (0.0, 128.0)
+GUIDANCES = (0.0, 128.0)  # the slider's range, raised to a run's own default where that is higher
 COUNTS = (1, 64)
 STEPS = (2, 16)
 SEEDS = (0, 2**32 - 1)
@@ -136,6 +136,11 @@ def _upscaled(image: torch.Tensor, size: int) -> Image.Image:
     return picture
 
 
+def guidance_range(pipeline: LatentFlowPipeline) -> tuple[float, float]:
+    """The guidance the demo offers: ``GUIDANCES``, reaching the run's own default where that is higher."""
+    return GUIDANCES[0], max(GUIDANCES[1], pipeline.sampling["guidance"])
+
+
 def generate_gallery(pipeline: LatentFlowPipeline, label: str, temperature: float = 1.0, seed: float = 0,
                      count: float = 16, display_size: int = DISPLAY_SIZE,
                      guidance: float | None = None) -> list[tuple[Image.Image, str]]:
@@ -157,8 +162,8 @@ def generate_gallery(pipeline: LatentFlowPipeline, label: str, temperature: floa
     count = whole_number(count, "count", *COUNTS)
     seed = whole_number(seed, "seed", *SEEDS)
     temperature = real_number(temperature, "temperature", *TEMPERATURES)
-    if guidance is not None:  # up to 128, or the run's own default where that is higher
-        guidance = real_number(guidance, "guidance", GUIDANCES[0], max(GUIDANCES[1], pipeline.sampling["guidance"]))
+    if guidance is not None:
+        guidance = real_number(guidance, "guidance", *guidance_range(pipeline))
     with torch.no_grad():
         samples = pipeline.generate(label, count, temperature, seed, guidance)
     return [(_upscaled(image, display_size), caption(rank, value))
@@ -225,8 +230,8 @@ def build_demo(pipeline: LatentFlowPipeline, display_size: int = DISPLAY_SIZE) -
                                         info="scale of the base noise: lower is safer, higher more varied")
                 seed = gr.Number(0, precision=0, minimum=SEEDS[0], maximum=SEEDS[1], label="Seed")
                 count = gr.Slider(*COUNTS, value=16, step=1, label="Count")
-                guidance = gr.Slider(GUIDANCES[0], max(GUIDANCES[1], pipeline.sampling["guidance"]),
-                                     value=pipeline.sampling["guidance"], step=1, label="Class guidance",
+                guidance = gr.Slider(*guidance_range(pipeline), value=pipeline.sampling["guidance"], step=1,
+                                     label="Class guidance",
                                      info="keep samples the flow itself calls this class (0: plain sampling)")
             button = gr.Button("Generate", variant="primary", elem_id="generate")
             gallery = gr.Gallery(label="Samples, highest log-density first (#rank: log-density in nats)",

@@ -359,7 +359,7 @@ def evaluate_run(run_dir: str | Path, *, source: str | None = None, out: str | P
     from .inception import load_inception
 
     check_sampling(samples_per_class, temperature)  # before the slow steps
-    check_guidance(0.0 if guidance is None else guidance, 1 if candidates is None else candidates)
+    check_guidance(guidance, candidates)  # None: the run's own setting, checked when it loads
     runtime = as_runtime(device, precision)
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "eval.json"
