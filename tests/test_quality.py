@@ -307,4 +307,8 @@ def test_every_preset_builds_at_its_real_size_and_quick_is_the_measured_choice()
     assert quick.get("stages.autoencoder.config.terms.reconstruction.config.loss.class") == "L1Loss"
     assert quick.get("stages.autoencoder.config.flip") and quick.get("stages.autoencoder.config.schedule") == "cosine"
     assert best.get("stages.autoencoder.config.terms.adversarial.class") == "Adversarial"
+    # best's class head stops where its adversarial term starts (H20 in docs/quality.md)
+    assert best.get("stages.autoencoder.config.terms.class_head.config.stop") == \
+        best.get("stages.autoencoder.config.terms.adversarial.config.start") == 20 * 93
+    assert quick.get("stages.autoencoder.config.terms.class_head.config").get("stop") is None
     assert lf.PRESETS["seed"].get("stages.autoencoder.config.model.class") == "ConvAutoencoder"  # the notebook's

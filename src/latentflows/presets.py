@@ -84,12 +84,15 @@ QUICK = SEED.with_values({
 
 # The longest budget: a wider spatial autoencoder (width 64, two residual blocks) with an
 # adversarial term (PatchGAN, hinge, VQGAN's adaptive weight, LeCam-regularised so the
-# discriminator cannot win outright, on after 20 epochs), 60 epochs: 72 minutes of
+# discriminator cannot win outright, on after 20 epochs), 60 epochs: 72 to 77 minutes of
 # training on 2 AVX-512 BF16 CPU cores (measured in docs/quality.md, "`best` on this CPU").
+# The class head is on for the first 20 epochs only: left on, it learns the training labels by
+# epoch 30 and then only pushes the codes apart (docs/quality.md, H20).
 BEST = QUICK.with_values({
     "preset": "best",
     f"{AE}.epochs": 60, f"{AE}.lr": 5e-4,
     f"{AE}.model": {"class": "SpatialAutoencoder", "config": {"embedding_dim": 256, "width": 64, "blocks": 2}},
+    f"{AE}.terms.class_head.config.stop": 20 * 93,
     f"{AE}.terms.adversarial": {"class": "Adversarial",
                                 "config": {"weight": 0.5, "start": 20 * 93, "lecam": 0.3}},
 })
