@@ -278,11 +278,50 @@ def test_a_scheduled_class_head_stops_at_its_step_and_a_resume_counts_from_the_c
         ClassHead(start=-1)
 
 
+def test_a_schedule_in_epochs_switches_at_the_epochs_the_stage_counts():
+    from latentflows.training import Adversarial, ClassHead, ScheduledTerm
+
+    term = ScheduledTerm(start=1, stop=3, unit="epochs")
+    term.bind({"steps_per_epoch": 2})
+    assert [term.switched_on() for _ in range(7)] == [False, False, True, True, True, True, False]
+    head = ClassHead.from_config(ClassHead(stop=20, unit="epochs").get_config())  # the unit is in the config
+    assert (head.stop, head.unit) == (20, "epochs")
+    assert Adversarial(start=20, unit="epochs", width=8).get_config()["unit"] == "epochs"
+    unbound = ScheduledTerm(stop=1, unit="epochs")
+    with pytest.raises(RuntimeError, match="steps_per_epoch"):
+        unbound.switched_on()
+    with pytest.raises(ValueError, match="unit must be 'steps' or 'epochs'"):
+        ScheduledTerm(stop=1, unit="epoch")
+    with pytest.raises(ValueError, match="stop must be a number of epochs"):
+        ScheduledTerm(start=2, stop=2, unit="epochs")
+
+
+def test_a_head_stopped_after_one_epoch_trains_as_one_stopped_after_that_epochs_steps(small_pets, tiny_config, tmp_path):
+    from safetensors.torch import load_file
+
+    from latentflows.runs import run_split
+
+    def head(stop: int, unit: str) -> dict:
+        return {"class": "ClassHead", "config": {"weight": 0.5, "stop": stop, "unit": unit}}
+
+    base = tiny_config.with_values({"stages.autoencoder.config.epochs": 2, "stages.flow.config.epochs": 1})
+    steps = len(run_split(small_pets, base)[0]) // 32  # full batches of 32 an epoch, which the stage tells the term
+    for name, stop, unit in (("epochs", 1, "epochs"), ("steps", steps, "steps"), ("later", steps + 1, "steps")):
+        config = base.with_values({"stages.autoencoder.config.terms.class_head": head(stop, unit)})
+        lf.train(small_pets, config, tmp_path / name, progress=False, figures=False)
+    epochs, steps, later = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("epochs", "steps", "later"))
+    assert all(torch.equal(epochs[k], steps[k]) for k in epochs)
+    assert not all(torch.equal(epochs[k], later[k]) for k in epochs)  # one step more is another run
+    records = [json.loads(line) for line in (tmp_path / "epochs" / "metrics.jsonl").read_text().splitlines()]
+    head_losses = [r["train_class_head"] for r in records if r["stage"] == "autoencoder"]
+    assert head_losses[0] > 0 and head_losses[1] == 0
+
+
 def test_a_class_head_switched_off_mid_run_resumes_to_the_same_weights(small_pets, tiny_config, tmp_path, monkeypatch):
     from conftest import train_until_interrupted
     from safetensors.torch import load_file
 
-    # 216 training images in batches of 32: 7 steps an epoch, so the head stops inside epoch 2
+    # 216 training images in batches of 32: 6 steps an epoch, so the head stops inside epoch 2
     head = {"class": "ClassHead", "config": {"weight": 0.5, "stop": 10}}
     config = tiny_config.with_values({"stages.autoencoder.config.epochs": 3, "stages.flow.config.epochs": 1,
                                       "stages.autoencoder.config.terms.class_head": head})
@@ -307,8 +346,9 @@ def test_every_preset_builds_at_its_real_size_and_quick_is_the_measured_choice()
     assert quick.get("stages.autoencoder.config.terms.reconstruction.config.loss.class") == "L1Loss"
     assert quick.get("stages.autoencoder.config.flip") and quick.get("stages.autoencoder.config.schedule") == "cosine"
     assert best.get("stages.autoencoder.config.terms.adversarial.class") == "Adversarial"
-    # best's class head stops where its adversarial term starts (H20 in docs/quality.md)
-    assert best.get("stages.autoencoder.config.terms.class_head.config.stop") == \
-        best.get("stages.autoencoder.config.terms.adversarial.config.start") == 20 * 93
+    # best's class head stops where its adversarial term starts (H20 in docs/quality.md), both
+    # counted in epochs so that they fall at the same epoch on a user's data
+    head, adversarial = (best.get(f"stages.autoencoder.config.terms.{name}.config") for name in ("class_head", "adversarial"))
+    assert (head["stop"], head["unit"]) == (adversarial["start"], adversarial["unit"]) == (20, "epochs")
     assert quick.get("stages.autoencoder.config.terms.class_head.config").get("stop") is None
     assert lf.PRESETS["seed"].get("stages.autoencoder.config.model.class") == "ConvAutoencoder"  # the notebook's

@@ -92,9 +92,10 @@ BEST = QUICK.with_values({
     "preset": "best",
     f"{AE}.epochs": 60, f"{AE}.lr": 5e-4,
     f"{AE}.model": {"class": "SpatialAutoencoder", "config": {"embedding_dim": 256, "width": 64, "blocks": 2}},
-    f"{AE}.terms.class_head.config.stop": 20 * 93,
+    # counted in epochs, so the switch falls at epoch 20 on any dataset (1,860 steps on the pets)
+    f"{AE}.terms.class_head.config.stop": 20, f"{AE}.terms.class_head.config.unit": "epochs",
     f"{AE}.terms.adversarial": {"class": "Adversarial",
-                                "config": {"weight": 0.5, "start": 20 * 93, "lecam": 0.3}},
+                                "config": {"weight": 0.5, "start": 20, "unit": "epochs", "lecam": 0.3}},
 })
 
 PRESETS = {"quick": QUICK, "seed": SEED, "best": BEST}

@@ -133,8 +133,8 @@ class Adversarial(ScheduledTerm):
 
     Args:
         weight: the factor on the adaptive weight (VQGAN: 0.8 at most; 0.1 to 0.5 here).
-        start: training steps before the term switches on (the autoencoder first learns to
-            reconstruct; the count is saved in checkpoints).
+        start: training steps (or epochs, see ``unit``) before the term switches on (the
+            autoencoder first learns to reconstruct; the count is saved in checkpoints).
         width, layers: the discriminator's (see ``PatchDiscriminator``).
         augment: DiffAugment every image the discriminator sees.
         adaptive: use the adaptive weight (else ``weight`` alone).
@@ -145,7 +145,8 @@ class Adversarial(ScheduledTerm):
             checkpoints), which keeps its scores of real and reconstructed images close.
         lecam_decay: the moving averages' decay per step.
         target: the update that trains the discriminator.
-        stop: training steps after which the term is off again (None: never; see ``ScheduledTerm``).
+        stop: training steps (or epochs) after which the term is off again (None: never).
+        unit: ``"steps"`` or ``"epochs"``, what ``start`` and ``stop`` count (see ``ScheduledTerm``).
 
     References:
         Esser et al., arXiv:2012.09841; Lim & Ye, "Geometric GAN", arXiv:1705.02894 (hinge
@@ -165,8 +166,8 @@ class Adversarial(ScheduledTerm):
 
     def __init__(self, weight: float = 0.1, start: int = 2000, width: int = 32, layers: int = 3,
                  augment: bool = True, adaptive: bool = True, lecam: float = 0.0, lecam_decay: float = 0.99,
-                 target: str = "discriminator", stop: int | None = None):
-        super().__init__(weight, target, int(start), stop)
+                 target: str = "discriminator", stop: int | None = None, unit: str = "steps"):
+        super().__init__(weight, target, int(start), stop, unit)
         if target == "loss":
             raise ValueError("the discriminator needs its own update: give Adversarial a target other than 'loss'")
         if not lecam >= 0:

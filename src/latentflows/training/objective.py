@@ -64,36 +64,60 @@ class Term(nn.Module, Configurable):
 
 
 class ScheduledTerm(Term):
-    """A term that is on only between two training-step counts.
+    """A term that is on only between two points of training, counted in steps or in epochs.
 
     It counts the training steps it sees in a buffer saved with the checkpoint (and a copy on
     the host, so a step never waits on the device), so a resumed run switches at the same step.
     Subclasses call ``switched_on()`` once per forward: in training it counts the step and says
     whether the term is on for it; in evaluation it says whether the next training step would be.
+    Counted in epochs, a schedule means the same on any dataset: the stage tells the term its
+    steps per epoch (``bind({"steps_per_epoch": N})``) before training.
 
     Args:
         weight, target: see ``Term``.
-        start: training steps before the term switches on (0: on from the first step).
-        stop: training steps after which it is off for good (None: never), e.g. a class head
+        start: steps (or epochs) before the term switches on (0: on from the first step).
+        stop: steps (or epochs) after which it is off for good (None: never), e.g. a class head
             that shapes the codes early and then leaves them to the reconstruction.
+        unit: ``"steps"`` or ``"epochs"``, what ``start`` and ``stop`` count.
 
     Example:
         >>> term = ScheduledTerm(start=1, stop=2)
         >>> [term.switched_on() for _ in range(3)]  # training steps 1, 2, 3
         [False, True, False]
+        >>> term = ScheduledTerm(stop=1, unit="epochs")
+        >>> term.bind({"steps_per_epoch": 2})
+        >>> [term.switched_on() for _ in range(3)]  # epoch 1 (steps 1, 2), then epoch 2
+        [True, True, False]
     """
 
     steps: Tensor
+    units = ("steps", "epochs")
 
-    def __init__(self, weight: float = 1.0, target: str = "loss", start: int = 0, stop: int | None = None):
+    def __init__(self, weight: float = 1.0, target: str = "loss", start: int = 0, stop: int | None = None,
+                 unit: str = "steps"):
         super().__init__(weight, target)
+        if unit not in self.units:
+            raise ValueError(f"unit must be 'steps' or 'epochs' (what start and stop count), got {unit!r}")
         if not isinstance(start, int) or start < 0:
-            raise ValueError(f"start must be a non-negative number of steps, got {start!r}")
+            raise ValueError(f"start must be a non-negative number of {unit}, got {start!r}")
         if stop is not None and (not isinstance(stop, int) or stop <= start):
-            raise ValueError(f"stop must be a number of steps after start ({start}) or None, got {stop!r}")
-        self.start, self.stop = start, stop
+            raise ValueError(f"stop must be a number of {unit} after start ({start}) or None, got {stop!r}")
+        self.start, self.stop, self.unit = start, stop, unit
+        self.steps_per_epoch: int | None = None  # set by bind; needed when counting epochs
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # saved in checkpoints
         self._steps = 0  # its value on the host, kept alongside
+
+    def bind(self, shapes: dict[str, Any]) -> None:
+        if "steps_per_epoch" in shapes:
+            self.steps_per_epoch = int(shapes["steps_per_epoch"])
+
+    def _in_steps(self, count: int) -> int:
+        if self.unit == "steps":
+            return count
+        if self.steps_per_epoch is None:
+            raise RuntimeError(f"{type(self).__name__} counts epochs and needs the steps per epoch: "
+                               "call bind({'steps_per_epoch': N}) before training (a stage does it)")
+        return count * self.steps_per_epoch
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         if self.start == 0 and self.stop is None:  # always on: a checkpoint without a count still loads
@@ -108,10 +132,10 @@ class ScheduledTerm(Term):
             self.steps += 1
             self._steps += 1
         step = self._steps if self.training else self._steps + 1
-        return self.start < step and (self.stop is None or step <= self.stop)
+        return self._in_steps(self.start) < step and (self.stop is None or step <= self._in_steps(self.stop))
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "start": self.start, "stop": self.stop}
+        return {**super().get_config(), "start": self.start, "stop": self.stop, "unit": self.unit}
 
 
 @register
@@ -148,11 +172,11 @@ class ClassHead(ScheduledTerm):
     The head's weights are trained with the autoencoder (target ``"loss"``) and are not part
     of the saved model. On a long run the head learns the training labels and then only pushes
     the training codes apart (docs/quality.md, `best`): ``stop`` switches it off after that
-    many steps (its value is then 0, in training and in validation).
+    many steps or epochs (its value is then 0, in training and in validation).
 
     Args:
         weight, target: see ``Term``.
-        start, stop: see ``ScheduledTerm`` (default: on for every step).
+        start, stop, unit: see ``ScheduledTerm`` (default: on for every step).
 
     References:
         Odena, Olah, Shlens, "Conditional Image Synthesis with Auxiliary Classifier GANs",
@@ -167,11 +191,13 @@ class ClassHead(ScheduledTerm):
         0.6931
     """
 
-    def __init__(self, weight: float = 0.1, target: str = "loss", start: int = 0, stop: int | None = None):
-        super().__init__(weight, target, start, stop)
+    def __init__(self, weight: float = 0.1, target: str = "loss", start: int = 0, stop: int | None = None,
+                 unit: str = "steps"):
+        super().__init__(weight, target, start, stop, unit)
         self.head: nn.Linear | None = None
 
     def bind(self, shapes: dict[str, Any]) -> None:
+        super().bind(shapes)
         self.head = nn.Linear(int(shapes["embedding_dim"]), int(shapes.get("classes", 2)))
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)

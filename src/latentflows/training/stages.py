@@ -247,18 +247,18 @@ class AutoencoderStage(Stage):
 
     def plan(self, context: StageContext) -> StagePlan:
         autoencoder = self.build_model(context.image_size, len(context.class_names))
+        train, val = context.train_set, context.val_set
+        train_batches = Batches(context.runtime.place([train.images, train.labels]), self.batch_size,
+                                shuffle=True, seed=context.seed, drop_last=True)
         objective = self.objective()
-        for _, term in objective.named_terms():
-            term.bind({"embedding_dim": autoencoder.embedding_dim, "classes": len(context.class_names),
-                       "image_size": context.image_size})
+        bind_terms(objective, {"embedding_dim": autoencoder.embedding_dim, "classes": len(context.class_names),
+                               "image_size": context.image_size, "steps_per_epoch": len(train_batches)})
         autoencoder, objective = autoencoder.to(context.runtime.device), objective.to(context.runtime.device)
         model = AutoencoderTraining(autoencoder, objective, self.flip, self.latent_noise)
-        train, val = context.train_set, context.val_set
         updates = self.updates(autoencoder, objective)
         return StagePlan(
             model=model, updates=updates, loss_fn=_call_model, callbacks=self.schedule_callbacks(updates),
-            train_batches=Batches(context.runtime.place([train.images, train.labels]), self.batch_size,
-                                  shuffle=True, seed=context.seed, drop_last=True),
+            train_batches=train_batches,
             val_batches=Batches(context.runtime.place([val.images, val.labels]), 256), epochs=self.epochs,
             product=lambda: autoencoder)
 
@@ -268,6 +268,13 @@ class AutoencoderStage(Stage):
 
 def _call_model(model: nn.Module, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
     return model(*batch)
+
+
+def bind_terms(objective: Objective, facts: dict[str, Any]) -> None:
+    """Tell every term of a stage what it may need before training: the data's sizes, and the
+    steps per epoch (a schedule counted in epochs)."""
+    for _, term in objective.named_terms():
+        term.bind(facts)
 
 
 class FlowTraining(nn.Module):
@@ -421,7 +428,12 @@ class FlowStage(Stage):
             val_x, _ = head(raw_val)
         train_context = context.one_hot(labels)
         fit_leading_layers(flow.body, train_x, train_context)
-        objective = self.objective().to(context.runtime.device)
+        train_batches = Batches(context.runtime.place([train_x, train_context]), self.batch_size,
+                                shuffle=True, seed=context.seed + 1, drop_last=True)
+        objective = self.objective()
+        bind_terms(objective, {"features": train_x.shape[1], "classes": len(context.class_names),
+                               "steps_per_epoch": len(train_batches)})
+        objective = objective.to(context.runtime.device)
         # bf16 where the autoencoder trains in it: the coupling networks gain as much (1.5-1.7x
         # on AVX-512 BF16), and the maps and densities around them stay fp32
         conditioner_dtype = torch.bfloat16 if context.runtime.precision == "bf16" else None
@@ -433,8 +445,7 @@ class FlowStage(Stage):
         val = context.val_set
         return StagePlan(
             model=model, updates=updates, loss_fn=_call_model,
-            train_batches=Batches(context.runtime.place([train_x, train_context]), self.batch_size,
-                                  shuffle=True, seed=context.seed + 1, drop_last=True),
+            train_batches=train_batches,
             val_batches=Batches(context.runtime.place([val_x, context.one_hot(val.labels)]), 1024),
             epochs=self.epochs,
             product=lambda: flow, callbacks=callbacks, autocast=False,  # log-determinants stay in fp32
