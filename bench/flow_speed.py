@@ -4,6 +4,7 @@
     python bench/flow_speed.py              # about a minute on 2 CPU cores
     python bench/flow_speed.py --seconds 1  # a smoke run, figures not meaningful
     python bench/flow_speed.py --profile    # then where our training step's time goes
+    python bench/flow_speed.py --bf16       # also training as a bf16 run trains (below)
 
 Both flows: 256 features, a one-hot context of 2 classes, 12 affine couplings whose
 conditioners have hidden layers [256, 256], a standard normal base, fp32. Training is the
@@ -17,19 +18,25 @@ invertible batch norm after each coupling), latentflows without batch norm, late
 zuko builds it (no permutations, no batch norm: masks alternate), and zuko's RealNVP
 (alternating masks, no batch norm). The two implementations are timed alternately in
 rounds, so both see the same machine load; ``ratio`` is latentflows / zuko.
+
+``--bf16`` adds training rows as a bf16 run trains (``--precision auto`` on a CPU or GPU with
+bf16 matrix units): latentflows runs its coupling networks in bf16 and the rest in fp32
+(``flows.conditioners_in``), zuko runs its whole step under ``torch.autocast`` to bf16 (what
+a zuko user would write). Sampling stays fp32 in both, as ``sample`` does.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 
 from latentflows import __version__
-from latentflows.flows import ConditionalRealNVP
+from latentflows.flows import ConditionalRealNVP, conditioners_in
 
 FEATURES, CLASSES, COUPLINGS, HIDDEN, BATCH, ROWS = 256, 2, 12, [256, 256], 256, 6000
 
@@ -51,15 +58,17 @@ def zuko_flow() -> torch.nn.Module:
     return zuko.flows.RealNVP(FEATURES, CLASSES, transforms=COUPLINGS, hidden_features=HIDDEN)
 
 
-def training_step(flow: torch.nn.Module, log_prob: Callable) -> Callable[[int], None]:
-    """One Adam step of the mean NLL on the k-th batch."""
+def training_step(flow: torch.nn.Module, log_prob: Callable,
+                  precision: Callable[[], ContextManager] = contextlib.nullcontext) -> Callable[[int], None]:
+    """One Adam step of the mean NLL on the k-th batch, its forward pass under ``precision()``."""
     x, context = data()
     optimizer = torch.optim.Adam(flow.parameters(), lr=1e-3, fused=True)  # the fastest Adam on a CPU, for both
     flow.train()
 
     def step(k: int) -> None:
         start = (k * BATCH) % (ROWS - BATCH)
-        loss = -log_prob(flow, x[start : start + BATCH], context[start : start + BATCH]).mean()
+        with precision():
+            loss = -log_prob(flow, x[start : start + BATCH], context[start : start + BATCH]).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -127,6 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per figure")
     parser.add_argument("--profile", action="store_true", help="then profile our default training step")
+    parser.add_argument("--bf16", action="store_true", help="also training as a bf16 run trains (see above)")
     args = parser.parse_args()
     try:
         import zuko
@@ -146,6 +156,12 @@ def main() -> None:
         rows.append((f"training, {label}", train))
         rows.append((f"sampling, {label}", sample))
         print(f"  measured: {label}", flush=True)
+    if args.bf16:
+        zuko_bf16 = training_step(zuko_flow(), zuko_log_prob, lambda: torch.autocast("cpu", torch.bfloat16))
+        for label, options in [("default", {}), ("without batch norm", {"normalization": "none"})]:
+            ours_bf16 = training_step(ours(**options), ours_log_prob, lambda: conditioners_in(torch.bfloat16))
+            rows.append((f"training in bf16, {label} (zuko: autocast)", measure([ours_bf16, zuko_bf16], args.seconds)))
+            print(f"  measured: bf16, {label}", flush=True)
     print("\n| per step, batch 256 (samples/s) | latentflows | zuko RealNVP (same run) | ratio |")
     print("|---|---:|---:|---:|")
     for label, (mine, theirs) in rows:
