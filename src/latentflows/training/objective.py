@@ -53,8 +53,9 @@ class Term(nn.Module, Configurable):
         self.weight, self.target = float(weight), target
 
     def bind(self, shapes: dict[str, Any]) -> None:
-        """Learn the sizes of the stage's data before training (``embedding_dim``, ``classes``,
-        ``image_size``): a term with its own layers (a class head) builds them here."""
+        """Learn the stage's facts before training (the autoencoder stage's ``embedding_dim``,
+        ``classes``, ``image_size``; every stage's ``steps_per_epoch``): a term with its own
+        layers (a class head) builds them here, a schedule in epochs converts them to steps."""
 
     def forward(self, outputs: dict[str, Any]) -> Tensor | dict[str, Tensor]:
         raise NotImplementedError
