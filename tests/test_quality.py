@@ -305,8 +305,8 @@ def test_a_head_stopped_after_one_epoch_trains_as_one_stopped_after_that_epochs_
         return {"class": "ClassHead", "config": {"weight": 0.5, "stop": stop, "unit": unit}}
 
     base = tiny_config.with_values({"stages.autoencoder.config.epochs": 2, "stages.flow.config.epochs": 1})
-    steps = len(run_split(small_pets, base)[0]) // 32  # full batches of 32 an epoch, which the stage tells the term
-    for name, stop, unit in (("epochs", 1, "epochs"), ("steps", steps, "steps"), ("later", steps + 1, "steps")):
+    per_epoch = len(run_split(small_pets, base)[0]) // 32  # full batches of 32 an epoch, which the stage tells the term
+    for name, stop, unit in (("epochs", 1, "epochs"), ("steps", per_epoch, "steps"), ("later", per_epoch + 1, "steps")):
         config = base.with_values({"stages.autoencoder.config.terms.class_head": head(stop, unit)})
         lf.train(small_pets, config, tmp_path / name, progress=False, figures=False)
     epochs, steps, later = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("epochs", "steps", "later"))
