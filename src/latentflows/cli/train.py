@@ -28,6 +28,8 @@ from .options import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
     from ..config import RunConfig
     from ..data import ImageDataset
 
@@ -42,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--resume", type=Path, metavar="RUN",
                         help="continue an interrupted run from its last checkpoint (same settings and data)")
     parser.add_argument("--overwrite", action="store_true", help="replace the run files in an existing --out folder")
+    parser.add_argument("--autoencoder-from", type=Path, metavar="RUN",
+                        help="train only the flow, on the autoencoder of a finished run (its weights, settings, "
+                             "data and split, unchanged): flow flags and --set stages.flow.* apply to its settings "
+                             "(--data: where that run's data is now)")
     parser.add_argument("--limit", type=argument(positive_int),
                         help="use only this many images (a stratified subset), for trials")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -72,7 +78,13 @@ def run(args: argparse.Namespace) -> None:
 
         summary_writer()
     if args.resume is not None:
+        if args.autoencoder_from is not None:
+            raise LatentflowsError("--resume continues a run as it started (its run.json says which autoencoder it "
+                                   "reuses); drop --autoencoder-from")
         _resume(args, runtime)
+        return
+    if args.autoencoder_from is not None:
+        _train_flow_only(args, runtime)
         return
     try:
         config = PRESETS[args.preset].with_values(config_values(args))
@@ -96,6 +108,74 @@ def run(args: argparse.Namespace) -> None:
     _train_on(apply_limit(dataset, args.limit, config.seed), config, args.out, data, args, runtime, resume=False)
 
 
+# config paths a run that reuses an autoencoder keeps from it: its stage, and what fixes the data split
+KEPT_WITH_THE_AUTOENCODER = ("stages.autoencoder", "seed", "val_fraction", "image_size")
+
+
+def _train_flow_only(args: argparse.Namespace, runtime: Runtime) -> None:
+    """``--autoencoder-from SOURCE``: the source run's settings with the flow flags applied, its
+    data and split, its trained autoencoder as it is; only the flow stage trains."""
+    from ..runs import RunFolder
+    from ..training import validate_config
+
+    source = RunFolder(args.autoencoder_from)
+    refused = ["--preset"] * (args.preset != "quick") + ["--limit"] * (args.limit is not None)
+    refused += ["--label-field"] * (args.label_field is not None) + ["--image-field"] * (args.image_field != "image")
+    try:
+        values = config_values(args)
+    except ValueError as error:
+        raise LatentflowsError(str(error)) from None
+    refused += [_flag_of(path, args) for path in values
+                if any(path == kept or path.startswith(kept + ".") for kept in KEPT_WITH_THE_AUTOENCODER)]
+    if refused:
+        raise LatentflowsError(f"--autoencoder-from keeps {source.path}'s autoencoder, data and split; drop "
+                               f"{', '.join(refused)} (or train a new autoencoder without --autoencoder-from)")
+    if not source.path.is_dir():
+        raise LatentflowsError(f"--autoencoder-from {source.path}: no such run folder")
+    if not source.weights_file.is_file() or not source.config_file.is_file():
+        raise LatentflowsError(f"--autoencoder-from {source.path}: not a finished run (it needs {source.CONFIG} and "
+                               f"{source.WEIGHTS}); finish it with latentflows train --resume {source.path}")
+    try:
+        config = source.config().with_values(values)
+        refuse_other_flows_options(config, [flag[2:] for flag in given_flags(args) if flag != "--set"])
+        validate_config(config)
+    except ValueError as error:
+        raise LatentflowsError(str(error)) from None
+    if args.show_config:
+        print(json.dumps(config.as_dict(), indent=2))
+        return
+    if args.out is None:
+        raise LatentflowsError("train needs --out RUN for the new run")
+    if args.out.resolve() == source.path.resolve():
+        raise LatentflowsError("--out must be a new folder, not the run given to --autoencoder-from")
+    autoencoder = _reused_autoencoder(source.path, runtime)  # a run that does not load fails before anything is written
+    say(runtime, f"training only the flow, on the autoencoder of {source.path}")
+    if runtime.is_main_process:
+        RunFolder(args.out).prepare(args.overwrite)
+    data = dict(source.read_settings()[1]) if source.settings_file.is_file() else {}
+    if args.data is not None:
+        data["source"] = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
+    data["autoencoder_from"] = str(source.path.resolve())
+    with runtime.main_process_first():  # one process decodes into the cache, the others read it
+        dataset = source.dataset(args.data, progress=not args.no_progress)
+    _train_on(dataset, config, args.out, data, args, runtime, resume=False, autoencoder=autoencoder)
+
+
+def _flag_of(path: str, args: argparse.Namespace) -> str:
+    """The flag that set a config path on this command line."""
+    from .options import OPTIONS
+
+    named = [f"--{name}" for name, option in OPTIONS.items() if option.path == path and getattr(args, name.replace("-", "_"))]
+    return named[0] if named else f"--set {path}"
+
+
+def _reused_autoencoder(path: Path, runtime: Runtime) -> nn.Module:
+    """The trained autoencoder of the run at ``path``, on the runtime's device."""
+    from ..pipeline import load
+
+    return load(path, device=runtime.device, precision="fp32").autoencoder
+
+
 def _resume(args: argparse.Namespace, runtime: Runtime) -> None:
     from ..runs import RunFolder
     from ..training.runner import compute_as_started
@@ -111,13 +191,19 @@ def _resume(args: argparse.Namespace, runtime: Runtime) -> None:
         raise LatentflowsError(f"{run.settings_file}: {error}") from None
     compute_as_started(runtime, run)  # the precision the run started with, before it is shown
     say(runtime, f"resuming {args.resume} (settings and data from its run.json)")
+    autoencoder = None
+    if data.get("autoencoder_from"):
+        if not (Path(data["autoencoder_from"]) / run.WEIGHTS).is_file():
+            raise LatentflowsError(f"{args.resume} trains a flow on the autoencoder of {data['autoencoder_from']}, "
+                                   f"which is no longer there; put that run back to resume")
+        autoencoder = _reused_autoencoder(Path(data["autoencoder_from"]), runtime)
     with runtime.main_process_first():  # one process decodes into the cache, the others read it
         dataset = run.dataset(progress=not args.no_progress)
-    _train_on(dataset, config, args.resume, data, args, runtime, resume=True)
+    _train_on(dataset, config, args.resume, data, args, runtime, resume=True, autoencoder=autoencoder)
 
 
 def _train_on(dataset: ImageDataset, config: RunConfig, run_dir: Path, data: dict, args: argparse.Namespace,
-              runtime: Runtime, resume: bool) -> None:
+              runtime: Runtime, resume: bool, autoencoder: nn.Module | None = None) -> None:
     from ..training import train
 
     if resume:
@@ -129,7 +215,8 @@ def _train_on(dataset: ImageDataset, config: RunConfig, run_dir: Path, data: dic
     try:
         pipeline = train(dataset, config, run_dir, overwrite=getattr(args, "overwrite", False), resume=resume,
                          data_spec=data, progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
-                         device=runtime, tensorboard=args.log_images_every if "tensorboard" in args.log else False)
+                         device=runtime, tensorboard=args.log_images_every if "tensorboard" in args.log else False,
+                         reuse={"autoencoder": autoencoder} if autoencoder is not None else None)
     except KeyboardInterrupt:
         print(f"latentflows: interrupted; the last completed epoch is saved: continue with "
               f"latentflows train --resume {run_dir}", file=sys.stderr)

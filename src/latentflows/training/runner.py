@@ -10,9 +10,10 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Mapping, cast
 
 import torch
+from torch import nn
 
 from ..autoencoder import encode_images
 from ..config import RunConfig
@@ -37,7 +38,8 @@ def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None =
           overwrite: bool = False, progress: bool = True, figures: bool = True, resume: bool = False,
           data_spec: dict[str, Any] | None = None, checkpoint_every: int = 1,
           device: str | torch.device | Runtime = "auto", precision: str = "auto",
-          deterministic: bool = False, tensorboard: bool | int = False) -> LatentFlowPipeline:
+          deterministic: bool = False, tensorboard: bool | int = False,
+          reuse: Mapping[str, nn.Module] | None = None) -> LatentFlowPipeline:
     """Train every stage of ``config`` on ``dataset``; with ``run_dir``, write the run folder.
 
     With a run folder, each stage is checkpointed every ``checkpoint_every`` epochs and
@@ -75,6 +77,11 @@ def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None =
     images_every = _images_every(tensorboard, run_dir)
     runtime = as_runtime(device, precision, deterministic)
     stages = build_stages(config)
+    reuse = dict(reuse or {})
+    unknown = sorted(set(reuse) - {name for name, _ in stages})
+    if unknown:
+        raise LatentflowsError(f"reuse names no stage of this config: {', '.join(unknown)}; "
+                               f"its stages are {', '.join(name for name, _ in stages)}")
     run, logger = None, []
     if run_dir is not None and runtime.is_main_process:  # in several processes, the main one writes
         run = RunFolder(run_dir).prepare(overwrite, resume)
@@ -91,7 +98,7 @@ def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None =
     runtime.barrier()
     with runtime.session():
         return _train_stages(dataset, config, run, stages, logger, runtime, resume, progress, figures,
-                             checkpoint_every, images_every)
+                             checkpoint_every, images_every, reuse)
 
 
 def compute_as_started(runtime: Runtime, run: RunFolder) -> None:
@@ -123,7 +130,7 @@ def _images_every(tensorboard: bool | int, run_dir: str | Path | None) -> int:
 
 def _train_stages(dataset: ImageDataset, config: RunConfig, run: RunFolder | None, stages: list, logger: list,
                   runtime: Runtime, resume: bool, progress: bool, figures: bool,
-                  checkpoint_every: int, images_every: int) -> LatentFlowPipeline:
+                  checkpoint_every: int, images_every: int, reuse: dict[str, nn.Module]) -> LatentFlowPipeline:
     torch.manual_seed(config.seed)
     if runtime.device.type == "cuda":
         torch.cuda.manual_seed_all(config.seed)
@@ -133,7 +140,14 @@ def _train_stages(dataset: ImageDataset, config: RunConfig, run: RunFolder | Non
     if images_every and run is not None and runtime.is_main_process:
         watch = [TensorBoardLogger.for_run(run, config, context, images_every, resume)]
     started = time.perf_counter()
-    for name, stage in stages:
+    for index, (name, stage) in enumerate(stages):
+        # each stage starts from its own seed: its weights do not depend on the random numbers the stages
+        # before it drew (so a flow trained on a reused autoencoder is the flow the whole run trains)
+        torch.manual_seed(config.seed + index)
+        if name in reuse:  # trained elsewhere: handed on as it is
+            context.models[name] = reuse[name].to(runtime.device)
+            context.summary.setdefault("reused", []).append(name)
+            continue
         plan = stage.plan(context)
         saving = [Checkpoint(run.checkpoint(name), checkpoint_every)] if run and runtime.is_main_process else []
         trainer = Trainer(plan.model, plan.updates, plan.loss_fn, runtime=runtime, autocast=plan.autocast,
