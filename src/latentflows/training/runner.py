@@ -140,10 +140,7 @@ def _train_stages(dataset: ImageDataset, config: RunConfig, run: RunFolder | Non
     if images_every and run is not None and runtime.is_main_process:
         watch = [TensorBoardLogger.for_run(run, config, context, images_every, resume)]
     started = time.perf_counter()
-    for index, (name, stage) in enumerate(stages):
-        # each stage starts from its own seed: its weights do not depend on the random numbers the stages
-        # before it drew (so a flow trained on a reused autoencoder is the flow the whole run trains)
-        torch.manual_seed(config.seed + index)
+    for name, stage in stages:
         if name in reuse:  # trained elsewhere: handed on as it is
             context.models[name] = reuse[name].to(runtime.device)
             context.summary.setdefault("reused", []).append(name)
