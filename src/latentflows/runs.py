@@ -12,6 +12,7 @@ per epoch and stage), ``figures/``, ``checkpoints/`` while training, and after
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -226,6 +227,15 @@ class RunFolder:
         if not self.metrics_file.exists():
             return []
         return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+
+    def weights_digest(self) -> str:
+        """SHA-256 of ``model.safetensors``: says whether the trained weights changed (a run that
+        reuses this one's autoencoder records it, and its ``--resume`` checks it)."""
+        digest = hashlib.sha256()
+        with open(self.weights_file, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
     def remove_checkpoints(self) -> None:
         shutil.rmtree(self.path / self.CHECKPOINTS, ignore_errors=True)

@@ -112,6 +112,13 @@ def run(args: argparse.Namespace) -> None:
 KEPT_WITH_THE_AUTOENCODER = ("stages.autoencoder", "seed", "val_fraction", "image_size")
 
 
+def _keeps(path: str) -> bool:
+    """Whether setting ``path`` would change something a reused autoencoder fixes (``stages`` and
+    the whole config, which hold such paths, included)."""
+    return any(path == kept or path.startswith(kept + ".") or kept.startswith(path + ".") or not path
+               for kept in KEPT_WITH_THE_AUTOENCODER)
+
+
 def _train_flow_only(args: argparse.Namespace, runtime: Runtime) -> None:
     """``--autoencoder-from SOURCE``: the source run's settings with the flow flags applied, its
     data and split, its trained autoencoder as it is; only the flow stage trains."""
@@ -125,18 +132,28 @@ def _train_flow_only(args: argparse.Namespace, runtime: Runtime) -> None:
         values = config_values(args)
     except ValueError as error:
         raise LatentflowsError(str(error)) from None
-    refused += [_flag_of(path, args) for path in values
-                if any(path == kept or path.startswith(kept + ".") for kept in KEPT_WITH_THE_AUTOENCODER)]
+    refused += [_flag_of(path, args) for path in values if _keeps(path)]
     if refused:
         raise LatentflowsError(f"--autoencoder-from keeps {source.path}'s autoencoder, data and split; drop "
                                f"{', '.join(refused)} (or train a new autoencoder without --autoencoder-from)")
     if not source.path.is_dir():
-        raise LatentflowsError(f"--autoencoder-from {source.path}: no such run folder")
+        raise LatentflowsError(f"--autoencoder-from {source.path}: no such run folder (it takes a local run folder)")
     if not source.weights_file.is_file() or not source.config_file.is_file():
+        unfinished = (source / source.CHECKPOINTS).is_dir() and source.settings_file.is_file()
         raise LatentflowsError(f"--autoencoder-from {source.path}: not a finished run (it needs {source.CONFIG} and "
-                               f"{source.WEIGHTS}); finish it with latentflows train --resume {source.path}")
+                               f"{source.WEIGHTS})" + (f"; finish it with latentflows train --resume {source.path}"
+                                                       if unfinished else ""))
+    if not source.settings_file.is_file():
+        raise LatentflowsError(f"--autoencoder-from {source.path}: it has no {source.SETTINGS}, which says which data "
+                               f"and split its autoencoder was trained on; train the flow with its autoencoder "
+                               f"in Python (latentflows.train(..., reuse=...)) or train a new run")
     try:
-        config = source.config().with_values(values)
+        settings, data = source.read_settings()
+    except ValueError as error:
+        raise LatentflowsError(f"{source.settings_file}: {error}") from None
+    import_modules(data.get("imports") or [])  # the source's own components, before its config is read
+    try:
+        config = settings.with_values(values)
         refuse_other_flows_options(config, [flag[2:] for flag in given_flags(args) if flag != "--set"])
         validate_config(config)
     except ValueError as error:
@@ -148,16 +165,17 @@ def _train_flow_only(args: argparse.Namespace, runtime: Runtime) -> None:
         raise LatentflowsError("train needs --out RUN for the new run")
     if args.out.resolve() == source.path.resolve():
         raise LatentflowsError("--out must be a new folder, not the run given to --autoencoder-from")
-    autoencoder = _reused_autoencoder(source.path, runtime)  # a run that does not load fails before anything is written
-    say(runtime, f"training only the flow, on the autoencoder of {source.path}")
-    if runtime.is_main_process:
-        RunFolder(args.out).prepare(args.overwrite)
-    data = dict(source.read_settings()[1]) if source.settings_file.is_file() else {}
+    data = {**data, "imports": list(dict.fromkeys([*(data.get("imports") or []), *args.imports])),
+            "autoencoder_from": str(source.path.resolve()), "autoencoder_sha256": source.weights_digest()}
     if args.data is not None:
         data["source"] = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
-    data["autoencoder_from"] = str(source.path.resolve())
+    # the autoencoder and the data load before --out is touched: a failure leaves an existing --out as it was
+    autoencoder = _reused_autoencoder(source.path, runtime)
     with runtime.main_process_first():  # one process decodes into the cache, the others read it
         dataset = source.dataset(args.data, progress=not args.no_progress)
+    if runtime.is_main_process:
+        RunFolder(args.out).prepare(args.overwrite)
+    say(runtime, f"training only the flow, on the autoencoder of {source.path}")
     _train_on(dataset, config, args.out, data, args, runtime, resume=False, autoencoder=autoencoder)
 
 
@@ -165,7 +183,8 @@ def _flag_of(path: str, args: argparse.Namespace) -> str:
     """The flag that set a config path on this command line."""
     from .options import OPTIONS
 
-    named = [f"--{name}" for name, option in OPTIONS.items() if option.path == path and getattr(args, name.replace("-", "_"))]
+    named = [f"--{name}" for name, option in OPTIONS.items()
+             if option.path == path and getattr(args, name.replace("-", "_")) is not None]
     return named[0] if named else f"--set {path}"
 
 
@@ -174,6 +193,23 @@ def _reused_autoencoder(path: Path, runtime: Runtime) -> nn.Module:
     from ..pipeline import load
 
     return load(path, device=runtime.device, precision="fp32").autoencoder
+
+
+def _recorded_autoencoder(run: Path, data: dict, runtime: Runtime) -> nn.Module | None:
+    """For ``--resume``: the autoencoder a flow-only run started on, checked to be unchanged."""
+    from ..runs import RunFolder
+
+    if not data.get("autoencoder_from"):
+        return None
+    source = RunFolder(data["autoencoder_from"])
+    if not source.weights_file.is_file():
+        raise LatentflowsError(f"{run} trains a flow on the autoencoder of {source.path}, which is no longer there; "
+                               f"put that run back to resume")
+    if data.get("autoencoder_sha256") not in (None, source.weights_digest()):
+        raise LatentflowsError(f"{run} trains a flow on the autoencoder of {source.path}, whose weights have changed "
+                               f"since (its {source.WEIGHTS} was replaced); the flow cannot be resumed on them: "
+                               f"train it again with latentflows train --autoencoder-from {source.path} --out NEW")
+    return _reused_autoencoder(source.path, runtime)
 
 
 def _resume(args: argparse.Namespace, runtime: Runtime) -> None:
@@ -191,12 +227,8 @@ def _resume(args: argparse.Namespace, runtime: Runtime) -> None:
         raise LatentflowsError(f"{run.settings_file}: {error}") from None
     compute_as_started(runtime, run)  # the precision the run started with, before it is shown
     say(runtime, f"resuming {args.resume} (settings and data from its run.json)")
-    autoencoder = None
-    if data.get("autoencoder_from"):
-        if not (Path(data["autoencoder_from"]) / run.WEIGHTS).is_file():
-            raise LatentflowsError(f"{args.resume} trains a flow on the autoencoder of {data['autoencoder_from']}, "
-                                   f"which is no longer there; put that run back to resume")
-        autoencoder = _reused_autoencoder(Path(data["autoencoder_from"]), runtime)
+    import_modules(data.get("imports") or [])
+    autoencoder = _recorded_autoencoder(args.resume, data, runtime)
     with runtime.main_process_first():  # one process decodes into the cache, the others read it
         dataset = run.dataset(progress=not args.no_progress)
     _train_on(dataset, config, args.resume, data, args, runtime, resume=True, autoencoder=autoencoder)

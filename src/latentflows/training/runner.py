@@ -7,6 +7,7 @@ flow) is handed to the stages after it. The result is a ``LatentFlowPipeline``.
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from pathlib import Path
@@ -66,6 +67,11 @@ def train(dataset: ImageDataset, config: RunConfig, run_dir: str | Path | None =
         tensorboard: also log for TensorBoard into ``RUN/tensorboard`` (``TensorBoardLogger``;
             needs ``run_dir`` and the ``tensorboard`` extra): True for image grids every 5
             epochs and at each stage's last, or a number of epochs between grids.
+        reuse: trained products to use instead of training their stages, by stage name:
+            ``{"autoencoder": module}`` trains only the flow, on ``module``'s codes. The
+            pipeline gets a copy (``module`` itself is not moved or changed). ``config`` should
+            be the one ``module`` was trained with (its seed, split and autoencoder settings):
+            it is saved with the run. ``summary["reused"]`` lists the stages not trained here.
 
     The returned pipeline is on the device it was trained on.
     """
@@ -141,8 +147,8 @@ def _train_stages(dataset: ImageDataset, config: RunConfig, run: RunFolder | Non
         watch = [TensorBoardLogger.for_run(run, config, context, images_every, resume)]
     started = time.perf_counter()
     for name, stage in stages:
-        if name in reuse:  # trained elsewhere: handed on as it is
-            context.models[name] = reuse[name].to(runtime.device)
+        if name in reuse:  # trained elsewhere: handed on as it was given
+            context.models[name] = copy.deepcopy(reuse[name]).to(runtime.device)
             context.summary.setdefault("reused", []).append(name)
             continue
         plan = stage.plan(context)
