@@ -141,6 +141,25 @@ def test_without_its_module_a_run_names_it_and_the_flag_and_never_imports_it(use
     assert json.loads(loaded.stdout)["flow"]["bijection"]["config"] == {"floor": 0.25} and marker.exists()
 
 
+def test_a_flow_only_run_on_a_user_run_imports_and_records_its_module(user_run, module_dir, tmp_path, monkeypatch):
+    """``train --autoencoder-from`` reads the source's modules from its run.json (no --import needed),
+    and records them, so that the new run resumes and loads with them too."""
+    from latentflows.cli import train as train_command
+
+    monkeypatch.syspath_prepend(str(module_dir))
+    imported = []
+    original = train_command.import_modules
+    monkeypatch.setattr(train_command, "import_modules", lambda names: (imported.append(list(names)), original(names)))
+    new = tmp_path / "flow-only"
+    assert main(["train", "--autoencoder-from", str(user_run), "--out", str(new), "--flow-epochs", "1",
+                 "--no-progress"]) == 0
+    assert imported and imported[0] == [MODULE]  # before the source's config was read
+    assert json.loads((new / "run.json").read_text())["data"]["imports"] == [MODULE]
+    saved = json.loads((new / "config.json").read_text())
+    assert saved["flow"]["config"]["bijection"] == {"class": NAME, "config": {"floor": 0.25}}
+    assert saved["imports"] == {MODULE: [NAME]}
+
+
 def test_a_missing_module_is_named_in_python_and_by_each_command(user_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(user_run, run)
