@@ -69,7 +69,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..data import load_images
     from ..runs import RunFolder, apply_limit
-    from ..training import validate_config
 
     refuse_removed_flags(args)
     runtime = runtime_of(args)  # an unavailable device fails before the slow steps
@@ -86,17 +85,9 @@ def run(args: argparse.Namespace) -> None:
     if args.autoencoder_from is not None:
         _train_flow_only(args, runtime)
         return
-    try:
-        config = PRESETS[args.preset].with_values(config_values(args))
-        refuse_other_flows_options(config, [flag[2:] for flag in given_flags(args) if flag != "--set"])
-        validate_config(config)
-    except ValueError as error:
-        raise LatentflowsError(str(error)) from None
-    if args.show_config:
-        print(json.dumps(config.as_dict(), indent=2))
+    config = _checked_config(PRESETS[args.preset], _flag_values(args), args)
+    if config is None:
         return
-    if args.out is None:
-        raise LatentflowsError("train needs --out RUN (or --resume RUN)")
     if runtime.is_main_process:
         RunFolder(args.out).prepare(args.overwrite)  # fail before the slow steps
     with runtime.main_process_first():  # one process decodes into the cache, the others read it
@@ -106,6 +97,33 @@ def run(args: argparse.Namespace) -> None:
             "label_field": args.label_field, "image_field": args.image_field, "limit": args.limit,
             "imports": args.imports}
     _train_on(apply_limit(dataset, args.limit, config.seed), config, args.out, data, args, runtime, resume=False)
+
+
+def _flag_values(args: argparse.Namespace) -> dict:
+    """The config paths the flags set; a bad value is a one-line error."""
+    try:
+        return config_values(args)
+    except ValueError as error:
+        raise LatentflowsError(str(error)) from None
+
+
+def _checked_config(base: RunConfig, values: dict, args: argparse.Namespace) -> RunConfig | None:
+    """``base`` with the flags' values, checked before anything slow runs; None when
+    ``--show-config`` printed it (nothing to train)."""
+    from ..training import validate_config
+
+    try:
+        config = base.with_values(values)
+        refuse_other_flows_options(config, [flag[2:] for flag in given_flags(args) if flag != "--set"])
+        validate_config(config)
+    except ValueError as error:
+        raise LatentflowsError(str(error)) from None
+    if args.show_config:
+        print(json.dumps(config.as_dict(), indent=2))
+        return None
+    if args.out is None:
+        raise LatentflowsError("train needs --out RUN (or --resume RUN)")
+    return config
 
 
 # config paths a run that reuses an autoencoder keeps from it: its stage, and what fixes the data split
@@ -123,15 +141,11 @@ def _train_flow_only(args: argparse.Namespace, runtime: Runtime) -> None:
     """``--autoencoder-from SOURCE``: the source run's settings with the flow flags applied, its
     data and split, its trained autoencoder as it is; only the flow stage trains."""
     from ..runs import RunFolder
-    from ..training import validate_config
 
     source = RunFolder(args.autoencoder_from)
     refused = ["--preset"] * (args.preset != "quick") + ["--limit"] * (args.limit is not None)
     refused += ["--label-field"] * (args.label_field is not None) + ["--image-field"] * (args.image_field != "image")
-    try:
-        values = config_values(args)
-    except ValueError as error:
-        raise LatentflowsError(str(error)) from None
+    values = _flag_values(args)
     refused += [_flag_of(path, args) for path in values if _keeps(path)]
     if refused:
         raise LatentflowsError(f"--autoencoder-from keeps {source.path}'s autoencoder, data and split; drop "
@@ -152,17 +166,9 @@ def _train_flow_only(args: argparse.Namespace, runtime: Runtime) -> None:
     except ValueError as error:
         raise LatentflowsError(f"{source.settings_file}: {error}") from None
     import_modules(data.get("imports") or [])  # the source's own components, before its config is read
-    try:
-        config = settings.with_values(values)
-        refuse_other_flows_options(config, [flag[2:] for flag in given_flags(args) if flag != "--set"])
-        validate_config(config)
-    except ValueError as error:
-        raise LatentflowsError(str(error)) from None
-    if args.show_config:
-        print(json.dumps(config.as_dict(), indent=2))
+    config = _checked_config(settings, values, args)
+    if config is None:
         return
-    if args.out is None:
-        raise LatentflowsError("train needs --out RUN for the new run")
     if args.out.resolve() == source.path.resolve():
         raise LatentflowsError("--out must be a new folder, not the run given to --autoencoder-from")
     data = {**data, "imports": list(dict.fromkeys([*(data.get("imports") or []), *args.imports])),
