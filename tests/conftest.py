@@ -1,6 +1,7 @@
 import os
 import random
 import signal
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -119,8 +120,9 @@ class InterruptAt(Callback):
             raise KeyboardInterrupt
 
 
-def train_until_interrupted(monkeypatch, stage, epoch, *args, **kwargs):
-    """``lf.train(*args, **kwargs)`` stopped by a Ctrl-C after ``stage``'s ``epoch`` (its checkpoint written)."""
+@contextmanager
+def interrupting(monkeypatch, stage, epoch):
+    """Inside the block, every ``Trainer`` raises a Ctrl-C after ``stage``'s ``epoch`` (its checkpoint written)."""
     import latentflows as lf
 
     original_init = lf.training.Trainer.__init__
@@ -131,8 +133,15 @@ def train_until_interrupted(monkeypatch, stage, epoch, *args, **kwargs):
 
     monkeypatch.setattr(lf.training.Trainer, "__init__", with_interrupt)
     try:
-        with pytest.raises(KeyboardInterrupt):
-            lf.train(*args, **kwargs)
+        yield
     finally:
         monkeypatch.setattr(lf.training.Trainer, "__init__", original_init)
+
+
+def train_until_interrupted(monkeypatch, stage, epoch, *args, **kwargs):
+    """``lf.train(*args, **kwargs)`` stopped by a Ctrl-C after ``stage``'s ``epoch`` (its checkpoint written)."""
+    import latentflows as lf
+
+    with interrupting(monkeypatch, stage, epoch), pytest.raises(KeyboardInterrupt):
+        lf.train(*args, **kwargs)
 

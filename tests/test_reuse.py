@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import InterruptAt
+from conftest import interrupting
 from safetensors.torch import load_file, save_file
 from test_cli import TINY
 
@@ -79,16 +79,9 @@ def test_train_autoencoder_from_a_finished_run_and_resume_it(tmp_path, pets_parq
 
     # interrupted after the flow's first epoch, then resumed: the uninterrupted run's weights
     interrupted = tmp_path / "interrupted"
-    original_init = lf.training.Trainer.__init__
-
-    def with_interrupt(self, *args, **kwargs):
-        original_init(self, *args, **{**kwargs, "callbacks": [*kwargs.get("callbacks", ()), InterruptAt("flow", 1)]})
-
-    monkeypatch.setattr(lf.training.Trainer, "__init__", with_interrupt)
-    with pytest.raises(SystemExit) as stopped:  # as a Ctrl-C stops the command
+    with interrupting(monkeypatch, "flow", 1), pytest.raises(SystemExit) as stopped:  # as a Ctrl-C stops the command
         main(["train", "--autoencoder-from", str(source), "--out", str(interrupted), *flags])
     assert stopped.value.code == 130
-    monkeypatch.setattr(lf.training.Trainer, "__init__", original_init)
     source.rename(tmp_path / "moved")
     capsys.readouterr()
     assert main(["train", "--resume", str(interrupted)]) == 2
